@@ -1,0 +1,189 @@
+"""Colorization as classification on CIFAR-10 horses (homework part 1).
+
+A greyscale 32x32 image goes in; for every pixel the model picks one of 24 k-means colours
+(`color/`). Run `python colorization.py UNet` (or PoolUpsampleNet, ConvTransposeNet); see --help.
+
+Where things live: the models in `models/`, the data and its split in `data/cifar.py`, the palette
+in `color/`, run folders / figures / Trainer flags in `training/`.
+"""
+import argparse
+import sys
+import time
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning import Callback
+from torchmetrics.classification import MulticlassAccuracy
+from torchvision.utils import make_grid
+
+from color.palette import palette_to_rgb
+from data.cifar import CIFARHorses
+from models import MODELS, build_model
+from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
+from training.figures import plot_curves, save_image_rows
+from training.runs import create_run
+from training.summary import write_summary
+from training.trainer import build_trainer
+
+TASK = "colorization"
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class ColorizationModule(pl.LightningModule):
+    """Any registered colorization model + pixel-wise cross-entropy + pixel accuracy."""
+
+    def __init__(self, model="UNet", kernel=3, num_filters=32, num_colours=24, num_in_channels=1,
+                 lr=1e-3, optimizer="adamw", weight_decay=0.0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model, kernel=kernel, num_in_channels=num_in_channels,
+                                 num_filters=num_filters, num_colours=num_colours)
+        self.train_acc = MulticlassAccuracy(num_colours, average="micro")
+        self.val_acc = MulticlassAccuracy(num_colours, average="micro")
+
+    def forward(self, grey):
+        return self.model(grey)
+
+    def _step(self, batch, stage, accuracy):
+        grey, target = batch
+        logits = self(grey)
+        loss = F.cross_entropy(logits, target)
+        accuracy(logits, target)
+        # Epoch-level values only: per-step logging costs time and nobody reads it.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train")
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val", self.val_acc)
+
+    @torch.no_grad()
+    def predict_indices(self, grey):
+        """Palette index per pixel (argmax of the logits)."""
+        return self(grey).argmax(dim=1)
+
+    def configure_optimizers(self):
+        opt = OPTIMIZERS[self.hparams.optimizer]
+        return opt(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def sample_rows(module, datamodule, n=8):
+    """(label, images) rows for the fixed validation samples: grey input | prediction | ground truth."""
+    grey, target, _ = datamodule.sample_batch(n)
+    was_training = module.training
+    module.eval()
+    pred = module.predict_indices(grey.to(module.device)).cpu()
+    module.train(was_training)
+    palette = datamodule.palette
+    return [("greyscale input", grey), ("prediction", palette_to_rgb(pred, palette)),
+            ("ground truth", palette_to_rgb(target, palette))]
+
+
+class SampleImages(Callback):
+    """Each validation epoch, a TensorBoard grid of the same validation images."""
+
+    def __init__(self, n=8):
+        self.n = n
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+            return
+        rows = sample_rows(pl_module, trainer.datamodule, self.n)
+        grid = make_grid(torch.cat([r[1].expand(-1, 3, -1, -1) for r in rows]), nrow=self.n, padding=1)
+        trainer.logger.experiment.add_image("val/samples (grey | prediction | truth)", grid, trainer.current_epoch)
+
+
+def write_results(run, module, datamodule, history, checkpoint, args, seconds):
+    """curves.png, samples.png and summary.json in the run's results folder."""
+    name = module.hparams.model
+    plot_curves(history.history, [("cross-entropy loss", ["train/loss", "val/loss"]),
+                                  ("pixel accuracy", ["train/acc", "val/acc"])],
+                run.results / "curves.png", f"{name}: loss and accuracy per epoch")
+    save_image_rows(sample_rows(module, datamodule), run.results / "samples.png",
+                    f"{name} after {len(history.history)} epochs: validation samples")
+    best_loss, best_epoch = history.best("val/loss", "min")
+    best_acc, best_acc_epoch = history.best("val/acc", "max")
+    return write_summary(
+        run.results / "summary.json",
+        task=TASK, run=run.name, model=name, hyperparameters=dict(module.hparams),
+        batch_size=args.batch_size, seed=args.seed, epochs=len(history.history),
+        best_val_loss=best_loss, best_val_loss_epoch=best_epoch,
+        best_val_acc=best_acc, best_val_acc_epoch=best_acc_epoch,
+        final_val_loss=history.last("val/loss"), final_val_acc=history.last("val/acc"),
+        final_train_loss=history.last("train/loss"), final_train_acc=history.last("train/acc"),
+        history=history.history, wall_seconds=round(seconds, 2),
+        data=datamodule.source, checkpoints={"best": checkpoint.best_model_path, "last": checkpoint.last_model_path},
+        logs=str(run.logs),
+    )
+
+
+def train(args):
+    """Train one model as the flags say; returns the summary dict (rank 0) or None."""
+    pl.seed_everything(args.seed, workers=True)
+    datamodule = CIFARHorses(data_dir=args.data_dir, batch_size=args.batch_size, palette=args.palette,
+                             num_workers=args.num_workers)
+    datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
+    datamodule.setup("fit")
+    module = ColorizationModule(model=args.model, kernel=args.kernel, num_filters=args.num_filters,
+                                num_colours=datamodule.num_colours, lr=args.lr, optimizer=args.optimizer,
+                                weight_decay=args.weight_decay)
+    run = create_run(TASK, args.model, args.results_dir, args.logs_dir, args.run_name)
+    trainer, history, checkpoint = build_trainer(run, args.epochs, "val/loss", "min", trainer_flags(args),
+                                                 callbacks=[SampleImages()])
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return None
+    summary = write_results(run, module, datamodule, history, checkpoint, args, seconds)
+    print(f"{args.model}: best val loss {summary['best_val_loss']:.4f} (epoch {summary['best_val_loss_epoch'] + 1}), "
+          f"final val acc {summary['final_val_acc']:.4f}; results in {run.results}, TensorBoard logs in {run.logs}")
+    return summary
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="colorization.py", formatter_class=HelpFormatter,
+        description="Train a colorization CNN on CIFAR-10 horses: greyscale in, one of 24 colours per pixel out.",
+        epilog="example: python colorization.py UNet --epochs 25 --batch-size 100\n"
+               "         tensorboard --logdir logs/")
+    choices = sorted(MODELS)
+    parser.add_argument("model", nargs="?", choices=choices, metavar="MODEL",
+                        help=f"model to train: {', '.join(choices)}")
+    parser.add_argument("--model", dest="model_flag", choices=choices, metavar="MODEL", help="same as the positional MODEL")
+    m = parser.add_argument_group("model")
+    m.add_argument("--kernel", type=positive_int, default=3, help="convolution kernel size (1..7, odd or even)")
+    m.add_argument("--num-filters", "--num_filters", type=positive_int, default=32, help="NF: filters of the first layer")
+    m.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw", help="optimiser")
+    m.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the optimiser")
+    m.add_argument("--palette", default=None,
+                   help="palette .npy file of K RGB colours in [0,1] (default: color/color_kmeans24_cat7.npy)")
+    add_run_args(parser, epochs=25, batch_size=100, lr=1e-3, data_dir="datasets")
+    add_trainer_args(parser)
+    return parser
+
+
+def parse_args(argv=None):
+    """Parse and check the flags; bad usage exits 2 with argparse's message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model and args.model_flag and args.model != args.model_flag:
+        parser.error(f"two different models given: {args.model} and --model {args.model_flag}")
+    args.model = args.model or args.model_flag
+    if args.model is None:
+        parser.error(f"choose a model: {', '.join(sorted(MODELS))}")
+    return args
+
+
+def main(argv=None):
+    quiet_known_warnings()
+    args = parse_args(argv)
+    return run_main(train, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

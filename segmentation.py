@@ -1,0 +1,213 @@
+"""Flower / background segmentation on Oxford17 by fine-tuning DeepLabV3's last layer (homework part 2).
+
+A COCO-pretrained torchvision DeepLabV3 is frozen; only `classifier[4]`, replaced by a new 1x1 conv
+with two outputs, trains, with cross-entropy or the soft IoU loss. Run
+`python segmentation.py --loss ce` or `--loss iou`; see --help.
+
+Where things live: the model builder in `models/deeplabv3.py`, the soft IoU in `losses/iou.py`, the
+data, split and masks in `data/oxford17.py`, run folders / figures / Trainer flags in `training/`.
+"""
+import argparse
+import sys
+import time
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning import Callback
+from torch import nn
+from torchmetrics.classification import MulticlassJaccardIndex
+from torchvision.utils import make_grid
+
+from data.oxford17 import Oxford17
+from losses.iou import SoftIoULoss
+from models.deeplabv3 import BACKBONES, build_deeplabv3
+from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
+from training.errors import UsageError
+from training.figures import mask_to_rgb, plot_curves, save_image_rows
+from training.runs import create_run
+from training.summary import write_summary
+from training.trainer import build_trainer
+
+TASK = "segmentation"
+IGNORE = 255
+LOSSES = ("ce", "iou")
+MIN_IMAGE_SIZE = 32  # below this the backbone's feature map is smaller than the ASPP's kernels
+
+
+def make_loss(name):
+    """Cross-entropy or the homework's soft IoU; both skip pixels labelled IGNORE."""
+    return nn.CrossEntropyLoss(ignore_index=IGNORE) if name == "ce" else SoftIoULoss(ignore_index=IGNORE)
+
+
+class SegmentationModule(pl.LightningModule):
+    """Frozen DeepLabV3 with a new last layer + CE or soft IoU loss + mIoU over the whole split."""
+
+    def __init__(self, loss="ce", backbone="resnet101", weights="coco", lr=1e-3, image_size=224,
+                 feature_cache=True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_deeplabv3(backbone, weights=weights, num_classes=2)
+        self.criterion = make_loss(loss)
+        # Accumulated over the whole split, so the epoch value is not a mean of batch means.
+        self.miou = nn.ModuleDict({s: MulticlassJaccardIndex(2, average="macro", ignore_index=IGNORE) for s in ("val", "test")})
+        self.class_iou = nn.ModuleDict({s: MulticlassJaccardIndex(2, average="none", ignore_index=IGNORE) for s in ("val", "test")})
+        self.cached = False  # True once train/val batches hold cached features instead of images
+
+    def forward(self, images):
+        return self.model(images)
+
+    def on_fit_start(self):
+        # The trunk is frozen and in eval mode: its output for an image never changes, so compute
+        # it once and train the new layer on it (the DataModule swaps its train/val sets).
+        if self.hparams.feature_cache:
+            self.cached = self.trainer.datamodule.cache_features(self.model.features, self.device)
+
+    def _logits(self, x, size, cached):
+        return self.model.head(x, size) if cached else self.model(x)
+
+    def training_step(self, batch, batch_idx):
+        x, mask = batch
+        loss = self.criterion(self._logits(x, mask.shape[-2:], self.cached), mask)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch, stage, cached):
+        x, mask = batch
+        logits = self._logits(x, mask.shape[-2:], cached)
+        self.log(f"{stage}/loss", self.criterion(logits, mask), on_step=False, on_epoch=True, sync_dist=True)
+        preds = logits.argmax(dim=1)
+        self.miou[stage].update(preds, mask)
+        self.class_iou[stage].update(preds, mask)
+        self.log(f"{stage}/miou", self.miou[stage], on_step=False, on_epoch=True, prog_bar=True)
+
+    def _log_flower_iou(self, stage):
+        self.log(f"{stage}/iou_flower", self.class_iou[stage].compute()[1])
+        self.class_iou[stage].reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val", self.cached)
+
+    def on_validation_epoch_end(self):
+        self._log_flower_iou("val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test", cached=False)  # the test split is never cached: the full network runs
+
+    def on_test_epoch_end(self):
+        self._log_flower_iou("test")
+
+    @torch.no_grad()
+    def predict_masks(self, images):
+        """0/1 mask per pixel for normalised images."""
+        return self(images).argmax(dim=1)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)
+
+
+def sample_rows(module, datamodule, n=4):
+    """(label, images) rows for fixed validation images: image | ground truth | prediction."""
+    images, masks, normalised = datamodule.val_samples(n)
+    was_training = module.training
+    module.eval()
+    preds = module.predict_masks(normalised.to(module.device)).cpu()
+    module.train(was_training)
+    return [("image", images.float() / 255), ("ground truth", mask_to_rgb(masks, ignore_index=IGNORE)),
+            ("prediction", mask_to_rgb(preds))]
+
+
+class SamplePredictions(Callback):
+    """Each validation epoch, a TensorBoard grid of the same validation images."""
+
+    def __init__(self, n=4):
+        self.n = n
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+            return
+        rows = sample_rows(pl_module, trainer.datamodule, self.n)
+        grid = make_grid(torch.cat([r[1] for r in rows]), nrow=self.n, padding=2)
+        trainer.logger.experiment.add_image("val/predictions (image | truth | prediction)", grid, trainer.current_epoch)
+
+
+def write_results(run, module, datamodule, history, checkpoint, test_metrics, args, seconds):
+    """curves.png, predictions.png and summary.json in the run's results folder."""
+    hp = module.hparams
+    title = f"DeepLabV3-{hp.backbone} ({hp.weights or 'random'} weights), {hp.loss} loss"
+    plot_curves(history.history, [("train loss", ["train/loss"]), ("validation IoU", ["val/miou", "val/iou_flower"])],
+                run.results / "curves.png", f"{title}: per epoch")
+    save_image_rows(sample_rows(module, datamodule, 6), run.results / "predictions.png",
+                    f"{title}: validation images after {len(history.history)} epochs")
+    best_miou, best_epoch = history.best("val/miou", "max")
+    return write_summary(
+        run.results / "summary.json",
+        task=TASK, run=run.name, loss=hp.loss, backbone=hp.backbone, weights=hp.weights,
+        split=args.split, image_size=hp.image_size, batch_size=args.batch_size, lr=hp.lr, seed=args.seed,
+        feature_cache=module.cached, epochs=len(history.history),
+        best_val_miou=best_miou, best_val_miou_epoch=best_epoch,
+        final_val_miou=history.last("val/miou"), final_val_iou_flower=history.last("val/iou_flower"),
+        test_miou=test_metrics.get("test/miou"), test_iou_flower=test_metrics.get("test/iou_flower"),
+        test_checkpoint=checkpoint.best_model_path, history=history.history, wall_seconds=round(seconds, 2),
+        data=datamodule.source, logs=str(run.logs),
+    )
+
+
+def train(args):
+    """Fine-tune as the flags say, evaluate the best checkpoint on the test split; returns the summary."""
+    if args.image_size < MIN_IMAGE_SIZE:
+        raise UsageError(f"--image-size {args.image_size} is too small for DeepLabV3; use at least {MIN_IMAGE_SIZE}")
+    pl.seed_everything(args.seed, workers=True)
+    weights = None if args.weights == "none" else args.weights
+    module = SegmentationModule(loss=args.loss, backbone=args.backbone, weights=weights, lr=args.lr,
+                                image_size=args.image_size, feature_cache=not (args.no_feature_cache or args.augment))
+    datamodule = Oxford17(data_dir=args.data_dir, split=args.split, image_size=args.image_size,
+                          batch_size=args.batch_size, num_workers=args.num_workers, unlabelled=args.unlabelled,
+                          seed=args.seed, augment=args.augment, mean=module.model.mean, std=module.model.std)
+    datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
+    datamodule.setup("fit")
+    run = create_run(TASK, f"{args.loss}-{args.backbone}", args.results_dir, args.logs_dir, args.run_name)
+    trainer, history, checkpoint = build_trainer(run, args.epochs, "val/miou", "max", trainer_flags(args),
+                                                 callbacks=[SamplePredictions()])
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - start
+    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
+    if not trainer.is_global_zero:
+        return None
+    summary = write_results(run, module, datamodule, history, checkpoint, test_metrics, args, seconds)
+    print(f"best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_val_miou_epoch'] + 1}; "
+          f"test mIoU {summary['test_miou']:.4f}; results in {run.results}, TensorBoard logs in {run.logs}")
+    return summary
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="segmentation.py", formatter_class=HelpFormatter,
+        description="Fine-tune the last layer of a COCO-pretrained DeepLabV3 for flower/background "
+                    "segmentation on Oxford17.",
+        epilog="example: python segmentation.py --loss iou\n         tensorboard --logdir logs/")
+    m = parser.add_argument_group("model and loss")
+    m.add_argument("--loss", required=True, choices=LOSSES, help="ce: cross-entropy; iou: the soft IoU loss")
+    m.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="DeepLabV3 backbone")
+    m.add_argument("--weights", choices=("coco", "none"), default="coco",
+                   help="coco: torchvision's COCO-trained weights (downloaded once); none: random frozen network (tests)")
+    m.add_argument("--no-feature-cache", action="store_true",
+                   help="run the whole network every step instead of caching the frozen features once")
+    m.add_argument("--augment", action="store_true", help="random horizontal flips (turns the feature cache off)")
+    d = parser.add_argument_group("data")
+    d.add_argument("--split", type=int, choices=(1, 2, 3), default=1, help="which of the three official splits")
+    d.add_argument("--image-size", type=positive_int, default=224, help="images and masks are resized to this square size")
+    d.add_argument("--unlabelled", choices=("ignore", "background"), default="ignore",
+                   help="the trimaps' black band at flower edges: left out of loss and metric, or counted as background")
+    add_run_args(parser, epochs=10, batch_size=16, lr=1e-3, data_dir="datasets/oxford17")
+    add_trainer_args(parser)
+    return parser
+
+
+def main(argv=None):
+    quiet_known_warnings()
+    return run_main(train, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The Lightning Trainer both tasks use: TensorBoard logger, checkpoints, history, progress bar."""
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from training.history import EpochHistory
+
+
+def build_trainer(run, max_epochs, monitor, mode, flags, callbacks=(), **overrides):
+    """A Trainer that logs to run.logs and keeps the best (on `monitor`) and the last checkpoint.
+
+    Returns (trainer, history, checkpoint callback). `flags` are the pass-through Trainer flags.
+    """
+    logger = TensorBoardLogger(save_dir=str(run.logs.parent), name=run.name, version="", default_hp_metric=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=str(run.checkpoints),
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+    )
+    history = EpochHistory()
+    kwargs = dict(
+        max_epochs=max_epochs,
+        logger=logger,
+        callbacks=[checkpoint, history, *callbacks],
+        default_root_dir=str(run.logs),
+        log_every_n_steps=50,
+        **{k: v for k, v in flags.items() if v is not None},
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs), history, checkpoint
