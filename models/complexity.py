@@ -169,7 +169,7 @@ def format_padding_table(table: Sequence[dict]) -> str:
     lines = [f"{'kernel':>6}  {'strided conv padding':>20}  {'transposed padding':>18}  "
              f"{'output_padding':>14}  {'stride-1 padding (before, after)':>32}",
              f"{'':>6}  {'(blocks 1-2)':>20}  {'(blocks 3-4)':>18}  {'(blocks 3-4)':>14}  "
-             f"{'(PoolUpsampleNet, block 5)':>32}"]
+             f"{'(all stride-1 convs)':>32}"]
     for r in table:
         lines.append(f"{r['kernel']:>6}  {r['conv']:>20}  {r['transpose']:>18}  "
                      f"{r['output_padding']:>14}  {str(tuple(r['same'])):>32}")

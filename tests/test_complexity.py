@@ -113,9 +113,9 @@ def test_cli_padding_and_errors():
     result = _cli("--padding", "--kernels", "3", "4", "5", "6")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[5].split()[:4] == ["3", "1", "1", "1"]
-    assert lines[5].split()[:4] == ["4", "1", "1", "0"]
-    assert lines[5].split()[:4] == ["5", "2", "2", "1"]
+    assert lines[2].split()[:4] == ["3", "1", "1", "1"]
+    assert lines[3].split()[:4] == ["4", "1", "1", "0"]
+    assert lines[4].split()[:4] == ["5", "2", "2", "1"]
     assert lines[5].split()[:4] == ["6", "2", "2", "0"]
     bad = _cli("NoSuchNet")
     assert bad.returncode == 2 and "PoolUpsampleNet" in bad.stderr and "UNet" in bad.stderr
