@@ -1,0 +1,123 @@
+"""The colour palette: K RGB colours in [0, 1] that turn colorization into K-way classification.
+
+Each pixel's class is the index of its nearest palette colour; a predicted class map is shown as
+the image of those colours. The shipped palette (`color_kmeans24_cat7.npy`, 24 colours) is the
+k-means of the CIFAR-10 training horses' pixels; `python -m color.kmeans` regenerates it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.errors import DataError
+
+DEFAULT_PALETTE_PATH = Path(__file__).with_name("color_kmeans24_cat7.npy")
+REGENERATE_HINT = "regenerate it with `python -m color.kmeans` (see color/README.md)"
+
+
+def load_palette(path: str | Path | None = None) -> torch.Tensor:
+    """Load a palette file as a float32 tensor (K, 3) with values in [0, 1].
+
+    `path=None` loads the shipped `DEFAULT_PALETTE_PATH` (a plain float array, never unpickled).
+    A path given explicitly may also be the original homework's layout, an object array
+    `[centres, distortion]`; loading it needs pickle, so it is loaded with one warning.
+    Raises `DataError` naming the file when it is missing, not a .npy file, or not K >= 2 RGB
+    colours in [0, 1].
+    """
+    explicit = path is not None and Path(path).resolve() != DEFAULT_PALETTE_PATH.resolve()
+    path = Path(path) if path is not None else DEFAULT_PALETTE_PATH
+    if not path.is_file():
+        raise DataError(f"palette file {path} not found; pass an existing .npy file or {REGENERATE_HINT}")
+    if _has_object_dtype(path):
+        array = _load_legacy(path, explicit)
+    else:
+        array = _load_npy(path, allow_pickle=False)
+    return check_palette(array, str(path))
+
+
+def _has_object_dtype(path: Path) -> bool:
+    """Read only the .npy header, so that deciding whether to unpickle never unpickles."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            reader = readers.get(np.lib.format.read_magic(f))
+            # Other .npy versions are rare; np.load(allow_pickle=False) then decides safely.
+            return reader is not None and reader(f)[2].hasobject
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise DataError(f"palette file {path} is not a .npy array file ({e}); {REGENERATE_HINT}") from e
+
+
+def _load_legacy(path: Path, explicit: bool) -> np.ndarray:
+    if not explicit:
+        raise DataError(f"palette file {path} holds a pickled object array, which the default palette "
+                        f"must not; {REGENERATE_HINT}")
+    warnings.warn(f"palette file {path} is the homework's pickled [centres, distortion] layout; "
+                  f"loading it unpickles the file, so only use files you trust", UserWarning, stacklevel=3)
+    array = _load_npy(path, allow_pickle=True)
+    try:
+        return np.asarray(array[0])
+    except (IndexError, TypeError, ValueError) as e:
+        raise DataError(f"palette file {path} is an object array but not [centres, distortion]; "
+                        f"{REGENERATE_HINT}") from e
+
+
+def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=allow_pickle)
+    except Exception as e:  # truncated or otherwise corrupt: any numpy/pickle error means the same
+        raise DataError(f"palette file {path} could not be read ({e}); {REGENERATE_HINT}") from e
+
+
+def check_palette(array, source: str = "palette") -> torch.Tensor:
+    """Check that `array` is K >= 2 RGB colours in [0, 1]; return it as float32 tensor (K, 3).
+
+    `source` names the file (or object) in the `DataError` raised otherwise.
+    """
+    array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise DataError(f"palette {source} has dtype {array.dtype}, expected numbers; {REGENERATE_HINT}")
+    if array.ndim != 2 or array.shape[1] != 3 or array.shape[0] < 2:
+        raise DataError(f"palette {source} has shape {array.shape}, expected (K, 3) RGB colours with K >= 2; "
+                        f"{REGENERATE_HINT}")
+    if not np.isfinite(array).all():
+        raise DataError(f"palette {source} contains NaN or infinite values; {REGENERATE_HINT}")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 1:
+        hint = " (they look like 0..255 values: divide by 255)" if low >= 0 and high <= 255 else ""
+        raise DataError(f"palette {source} has values in [{low:g}, {high:g}], expected [0, 1]{hint}")
+    return torch.from_numpy(array.astype(np.float32))
+
+
+def nearest_colour(rgb: torch.Tensor, palette: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Class map: the index of the nearest palette colour (Euclidean RGB) for every pixel.
+
+    rgb: float (N, 3, H, W) in [0, 1]; palette: (K, 3). Returns int64 (N, H, W).
+    Ties go to the lowest palette index. Works on `chunk` images at a time, so memory is about
+    chunk * H * W * K floats whatever N is.
+    """
+    if rgb.ndim != 4 or rgb.shape[1] != 3:
+        raise ValueError(f"nearest_colour expects rgb of shape (N, 3, H, W), got {tuple(rgb.shape)}")
+    palette = palette.to(device=rgb.device, dtype=rgb.dtype)
+    out = torch.empty((rgb.shape[0], *rgb.shape[2:]), dtype=torch.long, device=rgb.device)
+    for start in range(0, rgb.shape[0], chunk):
+        part = rgb[start:start + chunk]
+        # Squared distances accumulated per channel: exact (no |a|^2 - 2ab + |b|^2 cancellation)
+        # and only one (n, H, W, K) buffer. argmin returns the first minimum: lowest index wins.
+        dist = (part[:, 0, ..., None] - palette[:, 0]) ** 2
+        for c in (1, 2):
+            dist += (part[:, c, ..., None] - palette[:, c]) ** 2
+        out[start:start + chunk] = dist.argmin(dim=-1)
+    return out
+
+
+def palette_to_rgb(indices: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """The image of palette colours for a class map: (N, H, W) int -> float (N, 3, H, W).
+
+    Any leading shape works: (..., H, W) -> (..., 3, H, W).
+    """
+    palette = palette.to(indices.device)
+    return palette[indices.long()].movedim(-1, -3)

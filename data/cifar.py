@@ -1,0 +1,319 @@
+"""CIFAR-10 horses for colorization: find, download, verify and read the python batches.
+
+`data_dir` works like torchvision's `root`: it holds `cifar-10-batches-py/` and/or the archive
+`cifar-10-python.tar.gz`. `ensure_cifar` finds or makes the extracted folder, `load_batches` is
+the one place that reads the batch pickles, and `CIFARHorses` turns the horses (label 7) into
+(grey input, palette class map) pairs held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
+
+from color.palette import check_palette, load_palette, nearest_colour
+from training.errors import DataError
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR_FOLDER = "cifar-10-batches-py"
+HORSE = 7
+TRAIN_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
+TEST_BATCHES = ("test_batch",)
+# md5 of the files in the official archive (torchvision.datasets.CIFAR10 train_list/test_list/meta).
+OFFICIAL_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
+_WARNED_FOLDERS: set[str] = set()  # folders already reported as non-official (warn once per process)
+
+
+def cache_dir() -> Path:
+    """Where archives are extracted when `data_dir` is read-only: $XDG_CACHE_HOME/image2image/cifar."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "image2image" / "cifar"
+
+
+# ----------------------------------------------------------------------------- reading batches
+
+def load_batches(folder: str | Path, names) -> tuple[np.ndarray, np.ndarray]:
+    """Read official CIFAR-10 python batches `names` from `folder` and concatenate them.
+
+    Returns (images uint8 (N, 3, 32, 32), labels int64 (N,)). Byte-string and str keys both work.
+    Raises `DataError` naming the file when one is missing, truncated or not a CIFAR-10 batch.
+    """
+    parts = [_read_batch(Path(folder) / name) for name in names]
+    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 3, 32, 32), np.uint8)
+    labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.int64)
+    return images, labels
+
+
+def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"CIFAR-10 batch {path} is missing; download {CIFAR_ARCHIVE} from {CIFAR_URL} "
+                        f"and extract it next to {path.parent.name}/")
+    try:
+        # Pickle is the format of this data set; the file is the one the user pointed us to.
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
+            raise ValueError(f"data {data.shape} / labels {labels.shape} are not N x 3072 / N")
+    except Exception as e:  # any unpickling or layout error means the same thing to the user
+        raise DataError(f"{path} is truncated or not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
+                        f"delete it and re-download from {CIFAR_URL} or extract {CIFAR_ARCHIVE} again") from e
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+# ----------------------------------------------------------------------------- finding the data
+
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in TRAIN_BATCHES + TEST_BATCHES)
+
+
+def find_batch_folder(data_dir: str | Path) -> Path | None:
+    """The extracted batch folder for `data_dir`, or None.
+
+    Looks at `data_dir/cifar-10-batches-py`, then `data_dir` itself (when the user points at the
+    batch folder), then the cache folder used when `data_dir` was read-only.
+    """
+    data_dir = Path(data_dir).expanduser()
+    for folder in (data_dir / CIFAR_FOLDER, data_dir, cache_dir() / CIFAR_FOLDER):
+        if _complete(folder):
+            return folder.resolve()
+    return None
+
+
+def _writable(folder: Path) -> bool:
+    """Really try to write: os.access says yes to root on read-only mounts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _output_dir(data_dir: Path) -> Path:
+    if _writable(data_dir):
+        return data_dir
+    cache = cache_dir()
+    if not _writable(cache):
+        raise DataError(f"neither {data_dir} nor the cache {cache} is writable; extract {CIFAR_ARCHIVE} "
+                        f"by hand so that {data_dir / CIFAR_FOLDER} exists")
+    warnings.warn(f"{data_dir} is not writable; extracting CIFAR-10 into the cache folder {cache}", stacklevel=3)
+    return cache
+
+
+def ensure_cifar(data_dir: str | Path, download: bool = True, url: str = CIFAR_URL,
+                 md5: str | None = CIFAR_MD5) -> Path:
+    """Return the extracted `cifar-10-batches-py` folder for `data_dir`, making it if needed.
+
+    Order: an extracted folder with all six batches; else the archive in `data_dir` (or the
+    cache), checked against `md5` (None skips the check) and extracted; else, if `download`,
+    the archive fetched from `url`. An archive with the wrong md5 is moved aside to
+    `<name>.bad-md5`, never deleted. Raises `DataError` with what to do when all of this fails.
+    """
+    data_dir = Path(data_dir).expanduser().absolute()
+    folder = find_batch_folder(data_dir)
+    if folder is not None:
+        return folder
+    archive = next((p for p in (data_dir / CIFAR_ARCHIVE, cache_dir() / CIFAR_ARCHIVE) if p.is_file()), None)
+    if archive is None and not download:
+        raise DataError(f"no CIFAR-10 data in {data_dir} and downloading is off; download {CIFAR_ARCHIVE} "
+                        f"from {url} and put it (or its extracted {CIFAR_FOLDER}/ folder) there")
+    out_dir = _output_dir(data_dir if archive is None else archive.parent)
+    if archive is None:
+        archive = _download(url, data_dir, out_dir)
+    _check_md5(archive, md5, url)
+    return _extract(archive, out_dir, url)
+
+
+def _download(url: str, data_dir: Path, out_dir: Path) -> Path:
+    """Fetch `url` to `out_dir/CIFAR_ARCHIVE` via a `.part` file, so a broken download never
+    looks like an archive."""
+    part = out_dir / (CIFAR_ARCHIVE + ".part")
+    part.unlink(missing_ok=True)  # our own leftover; download_url would skip an existing file
+    try:
+        if urllib.parse.urlparse(url).scheme == "file":
+            # torchvision's progress bar needs a Content-Length, which file:// responses lack.
+            with urllib.request.urlopen(url) as response, open(part, "wb") as f:
+                shutil.copyfileobj(response, f)
+        else:
+            download_url(url, str(out_dir), part.name, md5=None)
+    except (urllib.error.URLError, OSError, RuntimeError, ValueError) as e:
+        part.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise DataError(f"could not download {url} ({reason}). Download {CIFAR_ARCHIVE} from {url} by hand "
+                        f"and put it (or its extracted {CIFAR_FOLDER}/ folder) in {data_dir}, "
+                        f"or pass --data-dir") from e
+    archive = out_dir / CIFAR_ARCHIVE
+    os.replace(part, archive)
+    return archive
+
+
+def _check_md5(archive: Path, md5: str | None, url: str) -> None:
+    if md5 is None:
+        return
+    actual = calculate_md5(str(archive))
+    if actual == md5:
+        return
+    bad = archive.with_name(archive.name + ".bad-md5")
+    try:
+        os.replace(archive, bad)
+        where = f"moved it to {bad}"
+    except OSError:
+        where = f"left it in place (could not move it to {bad})"
+    raise DataError(f"{archive} has md5 {actual}, expected {md5} (truncated or a different file); {where}. "
+                    f"Download {CIFAR_ARCHIVE} again from {url}")
+
+
+def _extract(archive: Path, out_dir: Path, url: str) -> Path:
+    """Extract into a temporary folder, then move the files in: a failed extraction leaves no
+    half-written batch behind."""
+    folder = out_dir / CIFAR_FOLDER
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".extract-") as tmp:
+        try:
+            extract_archive(str(archive), tmp)
+        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
+            raise DataError(f"{archive} could not be extracted ({e}): it is truncated or not {CIFAR_ARCHIVE}; "
+                            f"delete it and download it again from {url}") from e
+        if not _complete(Path(tmp) / CIFAR_FOLDER):
+            raise DataError(f"{archive} does not contain {CIFAR_FOLDER}/ with data_batch_1..5 and test_batch; "
+                            f"download {CIFAR_ARCHIVE} again from {url}")
+        folder.mkdir(exist_ok=True)
+        for item in (Path(tmp) / CIFAR_FOLDER).iterdir():
+            os.replace(item, folder / item.name)
+    return folder.resolve()
+
+
+def md5_mismatches(folder: Path) -> list[str]:
+    """Names of the present batch files whose md5 differs from the official release."""
+    return [name for name, md5 in OFFICIAL_MD5.items()
+            if (folder / name).is_file() and calculate_md5(str(folder / name)) != md5]
+
+
+def _warn_unofficial(folder: Path, names: list[str]) -> None:
+    if names and str(folder) not in _WARNED_FOLDERS:
+        _WARNED_FOLDERS.add(str(folder))
+        warnings.warn(f"{CIFAR_FOLDER} in {folder.parent}: {len(names)} files differ from the official "
+                      f"release (md5); using them anyway", UserWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- the DataModule
+
+def horses(folder: Path, names, palette: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grey (N,1,32,32), target (N,32,32), rgb (N,3,32,32)) for the horses in batches `names`.
+
+    grey = (R + G + B) / 765, the mean of R, G, B scaled to [0, 1] (float32; sums of uint8 are exact
+    in float32, so the value is reproducible bit for bit). target = nearest palette colour index.
+    """
+    images, labels = load_batches(folder, names)
+    images = images[labels == HORSE]
+    if len(images) == 0:
+        raise DataError(f"no horses (label {HORSE}) in {', '.join(str(folder / n) for n in names)}")
+    u8 = torch.from_numpy(np.ascontiguousarray(images))
+    grey = u8.sum(dim=1, keepdim=True, dtype=torch.float32) / 765.0
+    rgb = u8.float() / 255.0
+    return grey, nearest_colour(rgb, palette), rgb
+
+
+def _checksum(tensors) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class CIFARHorses(pl.LightningDataModule):
+    """CIFAR-10 horses as (grey image, palette class map) pairs, all held in memory.
+
+    Train: the horses (label 7) of data_batch_1..5 (5000 in CIFAR-10); val: those of test_batch
+    (1000). Input `grey` is float32 (N, 1, 32, 32): the mean of R, G, B scaled to [0, 1]. Target
+    is int64 (N, 32, 32): the index of each pixel's nearest palette colour.
+
+    palette: None (the shipped default), a path to a .npy file, or a (K, 3) tensor in [0, 1].
+    """
+
+    def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
+                 url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False):
+        super().__init__()
+        self.data_dir = Path(data_dir).expanduser()
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.download, self.url, self.md5 = download, url, md5
+        # Loaded now so that models can be built from num_colours before setup().
+        if palette is None or isinstance(palette, (str, Path)):
+            self.palette_source = str(palette or "default")
+            self.palette = load_palette(palette)
+        else:
+            self.palette_source = "tensor"
+            self.palette = check_palette(palette, "tensor")
+        self.num_colours = len(self.palette)
+        self.train_set = self.val_set = self.val_rgb = self.source = None
+
+    def prepare_data(self):
+        """Find, or extract / download, the batch folder (runs once, on one process)."""
+        ensure_cifar(self.data_dir, self.download, self.url, self.md5)
+
+    def setup(self, stage=None):
+        """Build the train and val tensors once; later calls do nothing."""
+        if self.train_set is not None:
+            return
+        folder = find_batch_folder(self.data_dir) or ensure_cifar(self.data_dir, self.download, self.url, self.md5)
+        mismatched = md5_mismatches(folder)
+        _warn_unofficial(folder, mismatched)
+        train_grey, train_target, _ = horses(folder, TRAIN_BATCHES, self.palette)
+        val_grey, val_target, self.val_rgb = horses(folder, TEST_BATCHES, self.palette)
+        self.train_set = TensorDataset(train_grey, train_target)
+        self.val_set = TensorDataset(val_grey, val_target)
+        self.source = {"folder": str(folder), "official_md5": not mismatched, "md5_mismatches": mismatched,
+                       "train": len(train_grey), "val": len(val_grey), "palette": self.palette_source,
+                       "num_colours": self.num_colours, "checksum": self.data_checksum()}
+
+    def _loader(self, dataset, shuffle):
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=False,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=self.pin_memory)
+
+    def train_dataloader(self):
+        self.setup()
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        self.setup()
+        return self._loader(self.val_set, shuffle=False)
+
+    def sample_batch(self, n=8):
+        """(grey, target, rgb) of the first `n` validation images: the same every epoch."""
+        self.setup()
+        grey, target = self.val_set.tensors
+        return grey[:n], target[:n], self.val_rgb[:n]
+
+    def data_checksum(self) -> str:
+        """Short sha256 of the train and val grey + target tensors, for reproducibility records."""
+        self.setup()
+        return _checksum([*self.train_set.tensors, *self.val_set.tensors])
