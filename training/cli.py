@@ -97,9 +97,10 @@ def quiet_known_warnings():
 
 
 def run_main(main, args):
-    """Call `main(args)` and return its exit code; a UserError becomes one line on stderr."""
+    """Call `main(args)`; return 0, or the UserError's exit code after printing it as one line."""
     try:
-        return main(args) or 0
+        main(args)
+        return 0
     except UserError as e:
         if getattr(args, "debug", False):
             raise
