@@ -136,5 +136,5 @@ def test_unet_two_epochs_on_real_horses_beats_majority_colour(shared_cifar, tmp_
     dm.setup("fit")
     val_target = dm.val_set.tensors[1]
     majority = (val_target == val_target.flatten().mode().values).float().mean().item()
-    # Measured: see README (majority colour ~0.2x; UNet after 2 epochs ~0.4x). Bar set with margin.
-    assert summary["final_val_acc"] > majority + 0.1, (summary["final_val_acc"], majority)
+    # Measured on this data: majority colour 0.069, UNet after 2 epochs 0.391 val accuracy.
+    assert summary["final_val_acc"] > majority + 0.15, (summary["final_val_acc"], majority)

@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from training.files import atomic_save_figure  # noqa: E402
 
@@ -21,6 +22,7 @@ def plot_curves(history, panels, path, title):
                 x, y = zip(*points)
                 ax.plot(x, y, marker="o", markersize=3, label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
