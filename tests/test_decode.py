@@ -27,7 +27,7 @@ def test_temperature_to_zero_gives_argmax(logits):
 
 def test_temperature_one_gives_the_mean_colour(logits):
     palette = load_palette()
-    mean = (torch.softmax(logits, 1)[:, :, None] * palette.T[None, :, :, None, None]).sum(1)
+    mean = (torch.softmax(logits, 1)[:, :, None] * palette[None, :, :, None, None]).sum(1)
     assert torch.allclose(decode(logits, palette, "annealed", 1.0), mean, atol=1e-6)
 
 
