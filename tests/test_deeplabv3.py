@@ -1,0 +1,157 @@
+"""FineTunedDeepLabV3: frozen trunk, one trainable 1x1 conv, head(features(x)) == forward(x),
+fp16 feature cache, offline weights -> UserError. Random weights (no download) and tiny images."""
+
+import copy
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights
+
+from data.oxford17 import Oxford17
+from models.deeplabv3 import build_deeplabv3
+from tests.fixtures.oxford17 import write_oxford17
+from training.errors import UsageError, UserError
+
+TRAINABLE = 2 * 256 + 2  # Conv2d(256, 2, 1): weight 2x256x1x1 + bias 2
+
+
+def _random(backbone):
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        return build_deeplabv3(backbone, weights=None)
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    torch.manual_seed(0)
+    return _random("resnet50").eval()
+
+
+@pytest.fixture(scope="module")
+def mobilenet():
+    torch.manual_seed(0)
+    return _random("mobilenet_v3_large")
+
+
+def test_only_the_new_last_layer_trains(resnet50, mobilenet):
+    for model in (resnet50, mobilenet):
+        assert model.model.aux_classifier is None
+        assert sum(p.numel() for p in model.trainable_parameters()) == TRAINABLE
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable == ["model.classifier.4.weight", "model.classifier.4.bias"]
+        assert model.last_layer.kernel_size == (1, 1) and model.last_layer.out_channels == 2
+        assert model.mean == (0.485, 0.456, 0.406) and model.std == (0.229, 0.224, 0.225)
+
+
+def test_forward_matches_torchvision_and_head_of_features(resnet50):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full = resnet50(x)
+        tv = resnet50.model(x)["out"]
+        features = resnet50.features(x)
+        split = resnet50.head(features, x.shape[-2:])
+    assert full.shape == (1, 2, 64, 64)
+    assert features.shape == (1, 256, 8, 8)  # output stride 8
+    assert (full - tv).abs().max().item() < 1e-5
+    assert (split - full).abs().max().item() < 1e-3
+
+
+def test_train_mode_keeps_frozen_trunk_in_eval(mobilenet):
+    model = mobilenet.train()
+    assert model.training and model.last_layer.training
+    frozen = [m for name, m in model.named_modules() if name and not name.startswith("model.classifier.4")
+              and name not in ("model", "model.classifier")]
+    assert frozen and not any(m.training for m in frozen)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # dropout in classifier[0] (ASPP) is off
+    model.eval()
+    assert not model.last_layer.training
+
+
+def test_frozen_state_bit_identical_after_optimiser_steps(mobilenet):
+    model = mobilenet.train()
+    before = copy.deepcopy(model.state_dict())
+    # even with every parameter handed to the optimiser, only the new layer may move
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    torch.manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(2, 3, 64, 64) * 3 + 1  # far from BN's running stats: they would move
+        y = torch.randint(0, 2, (2, 64, 64))
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert sorted(changed) == ["model.classifier.4.bias", "model.classifier.4.weight"]
+    assert any("running_mean" in k for k in before)  # BN statistics were part of the comparison
+
+
+@pytest.fixture()
+def trained_scale_head(resnet50):
+    """Head weights of a trained-like size (std 0.1) for the duration of a test."""
+    layer = resnet50.last_layer
+    saved = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    yield resnet50
+    with torch.no_grad():
+        layer.weight.copy_(saved)
+
+
+def _cached_vs_full(model, root, dtype):
+    """(max |head(cached features) - forward(image)| over the val set, cached val features)."""
+    dm = Oxford17(root, image_size=64, batch_size=3, download=False, checksums={"datasplits.mat": None})
+    assert dm.cache_features(model.features, "cpu", batch_size=2, dtype=dtype)
+    n_cached = len(dm.train_set) + len(dm.val_set)
+    assert dm.feature_cache_bytes == n_cached * 256 * 8 * 8 * dtype.itemsize
+    assert dm.feature_cache_location == f"memory, {str(dtype)[6:]}, device cpu"
+    val = dm._pairs["val"]  # the decoded images, still there after caching
+    features, masks = map(torch.cat, zip(*dm.val_dataloader()))
+    assert features.dtype == dtype and features.shape == (len(val), 256, 8, 8)
+    assert torch.equal(masks, val.masks.long())
+    with torch.no_grad():
+        full = model(val.normalise(val.images))
+        cached = model.head(features, (64, 64))
+    assert full.abs().max().item() > 0.1  # non-trivial logits: the comparison means something
+    return (cached - full).abs().max().item(), features
+
+
+def test_cached_features_give_the_full_models_logits(trained_scale_head, tmp_path):
+    """The issue's cached-vs-full test, through Oxford17.cache_features (default float32)."""
+    root = write_oxford17(tmp_path / "flowers", n_classes=2, per_class=4, size=None)
+    diff, _ = _cached_vs_full(trained_scale_head, root, torch.float32)
+    assert diff < 1e-3
+
+
+def test_fp16_cache_error_is_within_the_rounding_bound(trained_scale_head, tmp_path):
+    root = write_oxford17(tmp_path / "flowers", n_classes=2, per_class=4, size=None)
+    diff, features = _cached_vs_full(trained_scale_head, root, torch.float16)
+    # fp16 rounds each feature by at most u |f| (u = 2^-11), so a logit moves by <= u sum_c |w_c| |f_c|
+    w = trained_scale_head.last_layer.weight.abs().flatten(1)
+    bound = 2.0**-11 * torch.einsum("kc,nchw->nkhw", w, features.float().abs()).max().item()
+    assert 0 < diff <= bound + 1e-6
+
+
+def test_offline_weights_raise_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(url, dst, *args, **kwargs):  # never touch the network, never hang
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    weights = DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1
+    with pytest.raises(UserError) as info:
+        build_deeplabv3("mobilenet_v3_large", weights="coco")
+    message = str(info.value)
+    assert Path(weights.url).name in message and weights.url in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
+
+
+def test_bad_names_raise_usage_error():
+    with pytest.raises(UsageError, match="backbone"):
+        build_deeplabv3("vgg16", weights=None)
+    with pytest.raises(UsageError, match="weights"):
+        build_deeplabv3("resnet50", weights="imagenet")
