@@ -94,6 +94,8 @@ def quiet_known_warnings():
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+    # DeepLabV3's frozen trunk stays in eval mode on purpose (models/deeplabv3.py).
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def run_main(main, args):

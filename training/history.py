@@ -26,7 +26,11 @@ class EpochHistory(Callback):
         return {"history": self.history}
 
     def load_state_dict(self, state_dict):
-        self.history = list(state_dict.get("history", []))
+        # Resuming a fit restores the epochs run so far. Testing with ckpt_path="best" restores an
+        # older checkpoint too: epochs recorded since then must survive, so merge by epoch.
+        merged = {h["epoch"]: h for h in state_dict.get("history", [])}
+        merged.update({h["epoch"]: h for h in self.history})
+        self.history = [merged[e] for e in sorted(merged)]
 
     def best(self, key, mode="min"):
         """(value, epoch) of the best recorded value of `key`, or (None, None)."""
