@@ -91,12 +91,13 @@ def test_short_run_on_real_flowers_beats_all_background(shared_oxford17, tmp_pat
     summary = json.loads(next((tmp_path / "results" / "segmentation").glob("*/summary.json")).read_text())
     from data.oxford17 import Oxford17
 
-    dm = Oxford17(data_dir=shared_oxford17, image_size=128)
+    dm = Oxford17(data_dir=shared_oxford17, image_size=128, download=False)
     dm.prepare_data()
     dm.setup("fit")
     masks = torch.stack([dm.val_set[i][1] for i in range(len(dm.val_set))])
     valid = masks != 255
     background_iou = ((masks == 0) & valid).sum().item() / valid.sum().item()
     all_background_miou = background_iou / 2  # flower IoU is 0 when nothing is predicted flower
-    # Measured (README): all-background ~0.3x; random frozen ResNet-50 after 3 epochs ~0.6x. Bar with margin.
-    assert summary["best_val_miou"] > all_background_miou + 0.1, (summary["best_val_miou"], all_background_miou)
+    # Measured on this data (generated split, 205 val images): all-background 0.337; random frozen
+    # ResNet-50 after 3 epochs 0.681 best val mIoU. Bar set with margin.
+    assert summary["best_val_miou"] > all_background_miou + 0.2, (summary["best_val_miou"], all_background_miou)
