@@ -19,6 +19,7 @@ from torchvision.utils import make_grid
 
 from color.palette import palette_to_rgb
 from data.cifar import CIFARHorses
+from inference.cli import add_predict_args, check_predict_args
 from models import MODELS, build_model
 from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
 from training.figures import plot_curves, save_image_rows
@@ -65,6 +66,13 @@ class ColorizationModule(pl.LightningModule):
     def predict_indices(self, grey):
         """Palette index per pixel (argmax of the logits)."""
         return self(grey).argmax(dim=1)
+
+    def on_save_checkpoint(self, checkpoint):
+        # Prediction (inference/colorize.py) must decode with the colours the classes were trained on.
+        palette = getattr(self.trainer.datamodule, "palette", None)
+        if palette is not None:
+            checkpoint["palette"] = palette.tolist()
+        checkpoint["task"] = TASK
 
     def configure_optimizers(self):
         opt = OPTIMIZERS[self.hparams.optimizer]
@@ -164,6 +172,7 @@ def build_parser():
                    help="palette .npy file of K RGB colours in [0,1] (default: color/color_kmeans24_cat7.npy)")
     add_run_args(parser, epochs=25, batch_size=100, lr=1e-3, data_dir="datasets")
     add_trainer_args(parser)
+    add_predict_args(parser, TASK)
     return parser
 
 
@@ -174,7 +183,8 @@ def parse_args(argv=None):
     if args.model and args.model_flag and args.model != args.model_flag:
         parser.error(f"two different models given: {args.model} and --model {args.model_flag}")
     args.model = args.model or args.model_flag
-    if args.model is None:
+    check_predict_args(parser, args)
+    if args.model is None and not args.predict:  # --predict takes the model from the checkpoint
         parser.error(f"choose a model: {', '.join(sorted(MODELS))}")
     return args
 
@@ -182,6 +192,9 @@ def parse_args(argv=None):
 def main(argv=None):
     quiet_known_warnings()
     args = parse_args(argv)
+    if args.predict:
+        from inference.colorize import predict
+        return run_main(predict, args)
     return run_main(train, args)
 
 

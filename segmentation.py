@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from torchvision.utils import make_grid
 
 from data.oxford17 import Oxford17
+from inference.cli import add_predict_args, check_predict_args
 from losses.iou import SoftIoULoss
 from models.deeplabv3 import BACKBONES, build_deeplabv3
 from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
@@ -100,6 +101,12 @@ class SegmentationModule(pl.LightningModule):
     def predict_masks(self, images):
         """0/1 mask per pixel for normalised images."""
         return self(images).argmax(dim=1)
+
+    def on_save_checkpoint(self, checkpoint):
+        # What prediction (inference/segment.py) needs to preprocess images exactly as in training.
+        checkpoint["task"] = TASK
+        checkpoint["preprocessing"] = {"image_size": self.hparams.image_size, "mean": list(self.model.mean),
+                                       "std": list(self.model.std)}
 
     def configure_optimizers(self):
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=self.hparams.lr)
@@ -187,7 +194,7 @@ def build_parser():
                     "segmentation on Oxford17.",
         epilog="example: python segmentation.py --loss iou\n         tensorboard --logdir logs/")
     m = parser.add_argument_group("model and loss")
-    m.add_argument("--loss", required=True, choices=LOSSES, help="ce: cross-entropy; iou: the soft IoU loss")
+    m.add_argument("--loss", choices=LOSSES, help="ce: cross-entropy; iou: the soft IoU loss (required for training)")
     m.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="DeepLabV3 backbone")
     m.add_argument("--weights", choices=("coco", "none"), default="coco",
                    help="coco: torchvision's COCO-trained weights (downloaded once); none: random frozen network (tests)")
@@ -201,12 +208,21 @@ def build_parser():
                    help="the trimaps' black band at flower edges: left out of loss and metric, or counted as background")
     add_run_args(parser, epochs=10, batch_size=16, lr=1e-3, data_dir="datasets/oxford17")
     add_trainer_args(parser)
+    add_predict_args(parser, TASK)
     return parser
 
 
 def main(argv=None):
     quiet_known_warnings()
-    return run_main(train, build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_predict_args(parser, args)
+    if args.predict:
+        from inference.segment import predict
+        return run_main(predict, args)
+    if args.loss is None:  # not required by argparse: --predict takes the model from the checkpoint
+        parser.error(f"the following arguments are required: --loss (choose from {', '.join(LOSSES)})")
+    return run_main(train, args)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,8 @@ def atomic_write_json(path, obj):
 def atomic_save_figure(fig, path, dpi=110):
     """Save a matplotlib figure as PNG atomically (format given explicitly: the temp name has no .png)."""
     return _atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+
+
+def atomic_write_bytes(path, data):
+    """Write `data` (bytes, e.g. an encoded PNG) to `path` atomically."""
+    return _atomic(path, lambda f: f.write(data))
