@@ -164,6 +164,9 @@ def build_parser():
                    help="palette .npy file of K RGB colours in [0,1] (default: color/color_kmeans24_cat7.npy)")
     add_run_args(parser, epochs=25, batch_size=100, lr=1e-3, data_dir="datasets")
     add_trainer_args(parser)
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", metavar="B", default=None,
+                        help="batch-size sweep (homework Q1.2.5): one run per batch size, compared in "
+                             "RESULTS_DIR/colorization/batch_sweep/; see colorization_sweep.py")
     return parser
 
 
@@ -182,6 +185,9 @@ def parse_args(argv=None):
 def main(argv=None):
     quiet_known_warnings()
     args = parse_args(argv)
+    if args.batch_sizes:  # homework Q1.2.5; imported here because the sweep imports this module
+        from colorization_sweep import run_sweep
+        return run_main(run_sweep, args)
     return run_main(train, args)
 
 
