@@ -173,6 +173,9 @@ def build_parser():
     add_run_args(parser, epochs=25, batch_size=100, lr=1e-3, data_dir="datasets")
     add_trainer_args(parser)
     add_predict_args(parser, TASK)
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", metavar="B", default=None,
+                        help="batch-size sweep (homework Q1.2.5): one run per batch size, compared in "
+                             "RESULTS_DIR/colorization/batch_sweep/; see colorization_sweep.py")
     return parser
 
 
@@ -195,6 +198,9 @@ def main(argv=None):
     if args.predict:
         from inference.colorize import predict
         return run_main(predict, args)
+    if args.batch_sizes:  # homework Q1.2.5; imported here because the sweep imports this module
+        from colorization_sweep import run_sweep
+        return run_main(run_sweep, args)
     return run_main(train, args)
 
 

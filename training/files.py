@@ -26,6 +26,10 @@ def atomic_write_text(path, text):
     return _atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def atomic_write_bytes(path, data):
+    return _atomic(path, lambda f: f.write(data))
+
+
 def atomic_write_json(path, obj):
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
