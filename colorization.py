@@ -23,7 +23,8 @@ from inference.cli import add_predict_args, check_predict_args
 from models import MODELS, build_model
 from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
 from training.figures import plot_curves, save_image_rows
-from training.runs import create_run
+from training.guards import fit, reliability_callbacks
+from training.resume import start_run
 from training.summary import write_summary
 from training.trainer import build_trainer
 
@@ -123,7 +124,7 @@ def write_results(run, module, datamodule, history, checkpoint, args, seconds):
         best_val_acc=best_acc, best_val_acc_epoch=best_acc_epoch,
         final_val_loss=history.last("val/loss"), final_val_acc=history.last("val/acc"),
         final_train_loss=history.last("train/loss"), final_train_acc=history.last("train/acc"),
-        history=history.history, wall_seconds=round(seconds, 2),
+        history=history.history, wall_seconds=round(seconds, 2), resumed_from=getattr(args, "resumed_from", None),
         data=datamodule.source, checkpoints={"best": checkpoint.best_model_path, "last": checkpoint.last_model_path},
         logs=str(run.logs),
     )
@@ -133,17 +134,17 @@ def train(args):
     """Train one model as the flags say; returns the summary dict (rank 0) or None."""
     pl.seed_everything(args.seed, workers=True)
     datamodule = CIFARHorses(data_dir=args.data_dir, batch_size=args.batch_size, palette=args.palette,
-                             num_workers=args.num_workers)
+                             num_workers=args.num_workers, seed=args.seed)
     datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
     datamodule.setup("fit")
     module = ColorizationModule(model=args.model, kernel=args.kernel, num_filters=args.num_filters,
                                 num_colours=datamodule.num_colours, lr=args.lr, optimizer=args.optimizer,
                                 weight_decay=args.weight_decay)
-    run = create_run(TASK, args.model, args.results_dir, args.logs_dir, args.run_name)
+    run, resume_from = start_run(TASK, args.model, args, module.hparams)
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/loss", "min", trainer_flags(args),
-                                                 callbacks=[SampleImages()])
+                                                 callbacks=[SampleImages(), *reliability_callbacks(TASK, run, args)])
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    fit(trainer, module, datamodule, resume_from, TASK, args)
     seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
         return None
@@ -195,6 +196,7 @@ def parse_args(argv=None):
 def main(argv=None):
     quiet_known_warnings()
     args = parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]  # for the resume hint
     if args.predict:
         from inference.colorize import predict
         return run_main(predict, args)

@@ -25,7 +25,8 @@ from models.deeplabv3 import BACKBONES, build_deeplabv3
 from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
 from training.errors import UsageError
 from training.figures import mask_to_rgb, plot_curves, save_image_rows
-from training.runs import create_run
+from training.guards import fit, reliability_callbacks
+from training.resume import start_run
 from training.summary import write_summary
 from training.trainer import build_trainer
 
@@ -155,7 +156,8 @@ def write_results(run, module, datamodule, history, checkpoint, test_metrics, ar
         final_val_miou=history.last("val/miou"), final_val_iou_flower=history.last("val/iou_flower"),
         test_miou=test_metrics.get("test/miou"), test_iou_flower=test_metrics.get("test/iou_flower"),
         test_checkpoint=checkpoint.best_model_path, history=history.history, wall_seconds=round(seconds, 2),
-        data=datamodule.source, logs=str(run.logs),
+        resumed_from=getattr(args, "resumed_from", None),
+        data={**datamodule.source, "checksum": datamodule.data_checksum()}, logs=str(run.logs),
     )
 
 
@@ -172,13 +174,14 @@ def train(args):
                           seed=args.seed, augment=args.augment, mean=module.model.mean, std=module.model.std)
     datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
     datamodule.setup("fit")
-    run = create_run(TASK, f"{args.loss}-{args.backbone}", args.results_dir, args.logs_dir, args.run_name)
+    run, resume_from = start_run(TASK, f"{args.loss}-{args.backbone}", args, module.hparams)
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/miou", "max", trainer_flags(args),
-                                                 callbacks=[SamplePredictions()])
+                                                 callbacks=[SamplePredictions(),
+                                                            *reliability_callbacks(TASK, run, args)])
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    fit(trainer, module, datamodule, resume_from, TASK, args)
     seconds = time.perf_counter() - start
-    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
+    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]
     if not trainer.is_global_zero:
         return None
     summary = write_results(run, module, datamodule, history, checkpoint, test_metrics, args, seconds)
@@ -222,6 +225,7 @@ def main(argv=None):
         return run_main(predict, args)
     if args.loss is None:  # not required by argparse: --predict takes the model from the checkpoint
         parser.error(f"the following arguments are required: --loss (choose from {', '.join(LOSSES)})")
+    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]  # for the resume hint
     return run_main(train, args)
 
 

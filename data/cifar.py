@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
 from color.palette import check_palette, load_palette, nearest_colour
+from data.sampling import loader_order
 from training.errors import DataError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -260,8 +261,9 @@ class CIFARHorses(pl.LightningDataModule):
     """
 
     def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
-                 url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False):
+                 url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False, seed=0):
         super().__init__()
+        self.seed = seed  # the train order of epoch e depends on (seed, e) only: data/sampling.py
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.download, self.url, self.md5 = download, url, md5
@@ -295,7 +297,8 @@ class CIFARHorses(pl.LightningDataModule):
                        "num_colours": self.num_colours, "checksum": self.data_checksum()}
 
     def _loader(self, dataset, shuffle):
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=False,
+        return DataLoader(dataset, batch_size=self.batch_size, **loader_order(dataset, shuffle, self.seed),
+                          drop_last=False,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=self.pin_memory)
 

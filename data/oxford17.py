@@ -22,6 +22,7 @@ the datasets only normalise (and optionally flip) per item. `cache_features` can
 the train / val images by the frozen trunk's features (see its docstring).
 """
 
+import hashlib
 import os
 import re
 import urllib.error
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 from tqdm.auto import tqdm
 
+from data.sampling import loader_order
 from training.errors import DataError, UsageError
 
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/"
@@ -414,13 +416,23 @@ class Oxford17(pl.LightningDataModule):
         self.split_numbers = splits
         self.train_set, self.val_set, self.test_set = (self._pairs[n] for n in SPLIT_NAMES)
 
+    def data_checksum(self) -> str:
+        """Short sha256 of the split lists and the decoded images and masks (as resized)."""
+        self.setup()
+        digest = hashlib.sha256(repr(self.split_numbers).encode())
+        for name in SPLIT_NAMES:
+            for t in (self._pairs[name].images, self._pairs[name].masks):
+                digest.update(t.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     # ---------------------------------------------------------------- loaders
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         # cached features are plain tensor indexing: worker processes would only add IPC cost
         cached = isinstance(dataset, FeatureDataset)
         on_cuda = cached and dataset.tensors[0].is_cuda
         workers = 0 if cached else self.num_workers
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=workers,
+        return DataLoader(dataset, batch_size=self.batch_size, **loader_order(dataset, shuffle, self.seed),
+                          num_workers=workers,
                           pin_memory=torch.cuda.is_available() and not on_cuda, persistent_workers=workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -58,6 +58,9 @@ def add_run_args(parser, epochs, batch_size, lr, data_dir):
                    help="DataLoader worker processes (0 is fastest when the data is already tensors in memory)")
     g.add_argument("--deterministic", action="store_true",
                    help="use deterministic algorithms only (Trainer(deterministic=True)); slower on GPU")
+    g.add_argument("--resume", default=None, metavar="last|PATH",
+                   help="continue a run from a checkpoint, in that run's folders: 'last' = the run with these "
+                        "settings that wrote a checkpoint most recently, or the path of a .ckpt file")
     f = parser.add_argument_group("files")
     f.add_argument("--data-dir", default=data_dir, help="folder holding the data set or its archives (downloaded here when missing)")
     f.add_argument("--results-dir", default="results", help="summaries and figures go to RESULTS_DIR/<task>/<run>/")
@@ -94,6 +97,8 @@ def quiet_known_warnings():
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+    # --resume continues in the run's own checkpoint folder on purpose (training/resume.py).
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # DeepLabV3's frozen trunk stays in eval mode on purpose (models/deeplabv3.py).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 

@@ -6,6 +6,7 @@ Only global rank 0 creates folders. Processes that Lightning launches for DDP in
 through the environment, so every rank agrees on it.
 """
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,13 @@ def _check_writable(folder):
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create folder {folder}: {e.strerror}; choose another with the flag for it") from e
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"folder {folder} is not writable; choose another with --results-dir / --logs-dir")
+    # Really create (and delete) a file: for root, os.access says yes even to immutable folders.
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"folder {folder} is not writable ({e.strerror}); "
+                        f"choose another with --results-dir / --logs-dir") from e
 
 
 def create_run(task, prefix, results_root="results", logs_root="logs", name=None):

@@ -1,8 +1,8 @@
 """The Lightning Trainer both tasks use: TensorBoard logger, checkpoints, history, progress bar."""
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from training.checkpoints import LastEveryEpoch
 from training.history import EpochHistory
 
 
@@ -12,7 +12,7 @@ def build_trainer(run, max_epochs, monitor, mode, flags, callbacks=(), **overrid
     Returns (trainer, history, checkpoint callback). `flags` are the pass-through Trainer flags.
     """
     logger = TensorBoardLogger(save_dir=str(run.logs.parent), name=run.name, version="", default_hp_metric=False)
-    checkpoint = ModelCheckpoint(
+    checkpoint = LastEveryEpoch(  # a ModelCheckpoint; last.ckpt = the last epoch (training/checkpoints.py)
         dirpath=str(run.checkpoints),
         filename="best-epoch{epoch:03d}",
         auto_insert_metric_name=False,
