@@ -22,12 +22,20 @@ from data.cifar import CIFARHorses
 from models import MODELS, build_model
 from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
 from training.figures import plot_curves, save_image_rows
+from training.metrics import BatchMean
+from training.perf import ChannelsLast, add_perf_args
 from training.runs import create_run
 from training.summary import write_summary
 from training.trainer import build_trainer
 
 TASK = "colorization"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def pixel_classes(logits):
+    """Index of the largest logit per pixel, (N, C, H, W) -> (N, H, W): argmax over dim 1.
+    `max(dim).indices` returns the same (first) index and is about 3x faster than argmax on CPU."""
+    return logits.max(dim=1).indices
 
 
 class ColorizationModule(pl.LightningModule):
@@ -39,32 +47,40 @@ class ColorizationModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_model(model, kernel=kernel, num_in_channels=num_in_channels,
                                  num_filters=num_filters, num_colours=num_colours)
-        self.train_acc = MulticlassAccuracy(num_colours, average="micro")
-        self.val_acc = MulticlassAccuracy(num_colours, average="micro")
+        # validate_args=False: the targets are palette indices by construction, and the checks
+        # (torch.unique over every pixel, every step) cost more than the metric itself.
+        self.train_acc = MulticlassAccuracy(num_colours, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_colours, average="micro", validate_args=False)
+        self.train_loss, self.val_loss = BatchMean(), BatchMean()  # exact epoch means under DDP too
 
     def forward(self, grey):
         return self.model(grey)
 
-    def _step(self, batch, stage, accuracy):
+    def _step(self, batch, stage, accuracy, batch_idx=0):
         grey, target = batch
         logits = self(grey)
         loss = F.cross_entropy(logits, target)
-        accuracy(logits, target)
-        # Epoch-level values only: per-step logging costs time and nobody reads it.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train")
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        accuracy.update(pixel_classes(logits.detach()), target)  # update(), not forward(): no per-batch value needed
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss, len(target))
+        # Epoch-level values only, synced across DDP ranks once, when Lightning computes them at
+        # the epoch's end. Registering the Metric objects on the first batch is enough: a self.log
+        # call costs Lightning ~1-4 ms, as much as a whole GPU step here.
+        if batch_idx == 0:
+            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train", self.train_acc, batch_idx)
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val", self.val_acc)
+        self._step(batch, "val", self.val_acc, batch_idx)
 
     @torch.no_grad()
     def predict_indices(self, grey):
         """Palette index per pixel (argmax of the logits)."""
-        return self(grey).argmax(dim=1)
+        return pixel_classes(self(grey))
 
     def configure_optimizers(self):
         opt = OPTIMIZERS[self.hparams.optimizer]
@@ -125,7 +141,7 @@ def train(args):
     """Train one model as the flags say; returns the summary dict (rank 0) or None."""
     pl.seed_everything(args.seed, workers=True)
     datamodule = CIFARHorses(data_dir=args.data_dir, batch_size=args.batch_size, palette=args.palette,
-                             num_workers=args.num_workers)
+                             num_workers=args.num_workers, seed=args.seed)
     datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
     datamodule.setup("fit")
     module = ColorizationModule(model=args.model, kernel=args.kernel, num_filters=args.num_filters,
@@ -133,7 +149,7 @@ def train(args):
                                 weight_decay=args.weight_decay)
     run = create_run(TASK, args.model, args.results_dir, args.logs_dir, args.run_name)
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/loss", "min", trainer_flags(args),
-                                                 callbacks=[SampleImages()])
+                                                 callbacks=[SampleImages(), ChannelsLast(args.channels_last)])
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - start
@@ -164,6 +180,7 @@ def build_parser():
                    help="palette .npy file of K RGB colours in [0,1] (default: color/color_kmeans24_cat7.npy)")
     add_run_args(parser, epochs=25, batch_size=100, lr=1e-3, data_dir="datasets")
     add_trainer_args(parser)
+    add_perf_args(parser)
     return parser
 
 
