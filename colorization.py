@@ -25,11 +25,19 @@ from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive
 from training.figures import plot_curves, save_image_rows
 from training.guards import fit, reliability_callbacks
 from training.resume import start_run
+from training.metrics import BatchMean
+from training.perf import ChannelsLast, add_perf_args
 from training.summary import write_summary
 from training.trainer import build_trainer
 
 TASK = "colorization"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def pixel_classes(logits):
+    """Index of the largest logit per pixel, (N, C, H, W) -> (N, H, W): argmax over dim 1.
+    `max(dim).indices` returns the same (first) index and is about 3x faster than argmax on CPU."""
+    return logits.max(dim=1).indices
 
 
 class ColorizationModule(pl.LightningModule):
@@ -41,32 +49,40 @@ class ColorizationModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_model(model, kernel=kernel, num_in_channels=num_in_channels,
                                  num_filters=num_filters, num_colours=num_colours)
-        self.train_acc = MulticlassAccuracy(num_colours, average="micro")
-        self.val_acc = MulticlassAccuracy(num_colours, average="micro")
+        # validate_args=False: the targets are palette indices by construction, and the checks
+        # (torch.unique over every pixel, every step) cost more than the metric itself.
+        self.train_acc = MulticlassAccuracy(num_colours, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_colours, average="micro", validate_args=False)
+        self.train_loss, self.val_loss = BatchMean(), BatchMean()  # exact epoch means under DDP too
 
     def forward(self, grey):
         return self.model(grey)
 
-    def _step(self, batch, stage, accuracy):
+    def _step(self, batch, stage, accuracy, batch_idx=0):
         grey, target = batch
         logits = self(grey)
         loss = F.cross_entropy(logits, target)
-        accuracy(logits, target)
-        # Epoch-level values only: per-step logging costs time and nobody reads it.
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train")
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
+        accuracy.update(pixel_classes(logits.detach()), target)  # update(), not forward(): no per-batch value needed
+        mean_loss = getattr(self, f"{stage}_loss")
+        mean_loss.update(loss, len(target))
+        # Epoch-level values only, synced across DDP ranks once, when Lightning computes them at
+        # the epoch's end. Registering the Metric objects on the first batch is enough: a self.log
+        # call costs Lightning ~1-4 ms, as much as a whole GPU step here.
+        if batch_idx == 0:
+            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.train_acc)
+        return self._step(batch, "train", self.train_acc, batch_idx)
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val", self.val_acc)
+        self._step(batch, "val", self.val_acc, batch_idx)
 
     @torch.no_grad()
     def predict_indices(self, grey):
         """Palette index per pixel (argmax of the logits)."""
-        return self(grey).argmax(dim=1)
+        return pixel_classes(self(grey))
 
     def on_save_checkpoint(self, checkpoint):
         # Prediction (inference/colorize.py) must decode with the colours the classes were trained on.
@@ -142,7 +158,8 @@ def train(args):
                                 weight_decay=args.weight_decay)
     run, resume_from = start_run(TASK, args.model, args, module.hparams)
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/loss", "min", trainer_flags(args),
-                                                 callbacks=[SampleImages(), *reliability_callbacks(TASK, run, args)])
+                                                 callbacks=[SampleImages(), ChannelsLast(args.channels_last),
+                                                            *reliability_callbacks(TASK, run, args)])
     start = time.perf_counter()
     fit(trainer, module, datamodule, resume_from, TASK, args)
     seconds = time.perf_counter() - start
@@ -177,6 +194,7 @@ def build_parser():
     parser.add_argument("--batch-sizes", type=positive_int, nargs="+", metavar="B", default=None,
                         help="batch-size sweep (homework Q1.2.5): one run per batch size, compared in "
                              "RESULTS_DIR/colorization/batch_sweep/; see colorization_sweep.py")
+    add_perf_args(parser)
     return parser
 
 

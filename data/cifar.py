@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
 from color.palette import check_palette, load_palette, nearest_colour
-from data.sampling import loader_order
+from data.batching import TensorBatches, accelerator_device, distributed_info, keep_batch, make_sampler
+from data.sampling import loader_generator
 from training.errors import DataError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -258,14 +259,18 @@ class CIFARHorses(pl.LightningDataModule):
     is int64 (N, 32, 32): the index of each pixel's nearest palette colour.
 
     palette: None (the shipped default), a path to a .npy file, or a (K, 3) tensor in [0, 1].
+    Loaders serve each batch with one gather (data/batching.py); on a CUDA Trainer the tensors are
+    copied to the GPU once (`on_device`, 60 MB) and batches are gathered there. Under DDP each rank
+    trains on its shard (shuffled with `seed` + epoch) and validates on a disjoint one.
     """
 
     def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
-                 url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False, seed=0):
+                 url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False, seed=0, on_device=True):
         super().__init__()
-        self.seed = seed  # the train order of epoch e depends on (seed, e) only: data/sampling.py
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        # the train order of epoch e depends on (seed, e) only: data/sampling.py
+        self.seed, self.on_device = seed, on_device
         self.download, self.url, self.md5 = download, url, md5
         # Loaded now so that models can be built from num_colours before setup().
         if palette is None or isinstance(palette, (str, Path)):
@@ -290,25 +295,31 @@ class CIFARHorses(pl.LightningDataModule):
         _warn_unofficial(folder, mismatched)
         train_grey, train_target, _ = horses(folder, TRAIN_BATCHES, self.palette)
         val_grey, val_target, self.val_rgb = horses(folder, TEST_BATCHES, self.palette)
-        self.train_set = TensorDataset(train_grey, train_target)
-        self.val_set = TensorDataset(val_grey, val_target)
+        self.train_set = TensorBatches(train_grey, train_target)
+        self.val_set = TensorBatches(val_grey, val_target)
         self.source = {"folder": str(folder), "official_md5": not mismatched, "md5_mismatches": mismatched,
                        "train": len(train_grey), "val": len(val_grey), "palette": self.palette_source,
                        "num_colours": self.num_colours, "checksum": self.data_checksum()}
 
-    def _loader(self, dataset, shuffle):
-        return DataLoader(dataset, batch_size=self.batch_size, **loader_order(dataset, shuffle, self.seed),
-                          drop_last=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=self.pin_memory)
+    def _loader(self, dataset, train):
+        device = accelerator_device(self) if self.on_device else None
+        if device is not None:  # gathered on the GPU: no copy of the data per step, no workers
+            dataset = dataset.to(device)
+        workers = 0 if device is not None else self.num_workers
+        rank, world_size = distributed_info(self)
+        return DataLoader(dataset, batch_size=self.batch_size, drop_last=False,
+                          sampler=make_sampler(dataset, train, rank, world_size, self.seed), collate_fn=keep_batch,
+                          generator=loader_generator(self.seed),
+                          num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=self.pin_memory and device is None)
 
     def train_dataloader(self):
         self.setup()
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, train=True)
 
     def val_dataloader(self):
         self.setup()
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, train=False)
 
     def sample_batch(self, n=8):
         """(grey, target, rgb) of the first `n` validation images: the same every epoch."""

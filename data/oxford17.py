@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 from tqdm.auto import tqdm
 
-from data.sampling import loader_order
+from data.batching import distributed_info, make_sampler
+from data.sampling import loader_generator
 from training.errors import DataError, UsageError
 
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/"
@@ -431,7 +432,9 @@ class Oxford17(pl.LightningDataModule):
         cached = isinstance(dataset, FeatureDataset)
         on_cuda = cached and dataset.tensors[0].is_cuda
         workers = 0 if cached else self.num_workers
-        return DataLoader(dataset, batch_size=self.batch_size, **loader_order(dataset, shuffle, self.seed),
+        # under DDP: shuffled shards for training, disjoint unpadded ones for exact evaluation
+        sampler = make_sampler(dataset, shuffle, *distributed_info(self), seed=self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(self.seed),
                           num_workers=workers,
                           pin_memory=torch.cuda.is_available() and not on_cuda, persistent_workers=workers > 0)
 

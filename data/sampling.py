@@ -19,8 +19,8 @@ class EpochShuffle(RandomSampler):
     """Random order per epoch from (seed, epoch) alone.
 
     Lightning calls `set_epoch(e)` before each training epoch. Without Lightning the epoch counts up by
-    itself, so a plain loop still sees a new order every epoch. A subclass of RandomSampler, so
-    Lightning's DDP swaps it for a DistributedSampler (which is also seeded per epoch).
+    itself, so a plain loop still sees a new order every epoch. Used in one process; under DDP
+    data/batching.py uses torch's DistributedSampler, which is seeded per epoch the same way.
     """
 
     def __init__(self, data_source, seed=0):
@@ -37,9 +37,7 @@ class EpochShuffle(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
-def loader_order(dataset, shuffle, seed):
-    """DataLoader keyword arguments for a reproducible order: EpochShuffle when shuffling, and a
-    private generator so that creating an iterator (which draws a worker base seed) never consumes
-    the global RNG, whose state a checkpoint restores."""
-    return dict(sampler=EpochShuffle(dataset, seed) if shuffle else None,
-                generator=torch.Generator().manual_seed(int(seed) & 0xFFFFFFFF))
+def loader_generator(seed):
+    """A private generator for a DataLoader: creating an iterator draws a worker base seed, which
+    must never consume the global RNG (a checkpoint restores that state)."""
+    return torch.Generator().manual_seed(int(seed) & 0xFFFFFFFF)

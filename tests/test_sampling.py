@@ -1,8 +1,9 @@
 """EpochShuffle: the training order of epoch e depends on (seed, e) only."""
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
-from data.sampling import EpochShuffle, loader_order
+from data.batching import make_sampler
+from data.sampling import EpochShuffle, loader_generator
 
 
 def test_order_depends_on_seed_and_epoch_only():
@@ -34,10 +35,10 @@ def test_the_epoch_is_read_when_iteration_starts():
 
 def test_loaders_never_touch_the_global_rng():
     data = torch.arange(30)
-    loader = DataLoader(data, batch_size=4, **loader_order(data, shuffle=True, seed=3))
-    assert isinstance(loader.sampler, RandomSampler)  # so Lightning's DDP swaps in a DistributedSampler
+    loader = DataLoader(data, batch_size=4, sampler=make_sampler(data, train=True, seed=3), generator=loader_generator(3))
+    assert isinstance(loader.sampler, EpochShuffle)
     state = torch.get_rng_state()
     batches = [b.tolist() for b in loader]
-    list(DataLoader(data, batch_size=4, **loader_order(data, shuffle=False, seed=3)))
+    list(DataLoader(data, batch_size=4, sampler=make_sampler(data, train=False), generator=loader_generator(3)))
     assert torch.equal(torch.get_rng_state(), state)
     assert sorted(sum(batches, [])) == list(range(30))

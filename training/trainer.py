@@ -1,9 +1,14 @@
-"""The Lightning Trainer both tasks use: TensorBoard logger, checkpoints, history, progress bar."""
+"""The Lightning Trainer both tasks use: TensorBoard logger, checkpoints, history, progress bar.
+
+In DDP, the DataModules shard the data themselves (data/batching.py: exact evaluation, no padded
+repeats); their samplers are DistributedSamplers, which Lightning leaves as they are.
+"""
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from training.checkpoints import LastEveryEpoch
 from training.history import EpochHistory
+from training.progress import ThrottledProgressBar
 
 
 def build_trainer(run, max_epochs, monitor, mode, flags, callbacks=(), **overrides):
@@ -22,6 +27,8 @@ def build_trainer(run, max_epochs, monitor, mode, flags, callbacks=(), **overrid
         save_last=True,
     )
     history = EpochHistory()
+    if overrides.get("enable_progress_bar", True):
+        callbacks = [ThrottledProgressBar(), *callbacks]  # redraws by the clock, not every batch
     kwargs = dict(
         max_epochs=max_epochs,
         logger=logger,
