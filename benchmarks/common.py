@@ -2,7 +2,6 @@
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,21 +26,12 @@ def quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def cpu_model():
-    """The CPU's model name as lscpu / /proc/cpuinfo print it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device):
     """Facts about where the numbers came from: CPU, cores, threads, GPU, library versions."""
     import pytorch_lightning
     import torch
+
+    from training.machine import cpu_model
 
     facts = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
              "torch": torch.__version__, "pytorch_lightning": pytorch_lightning.__version__,
