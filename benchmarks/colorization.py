@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import SHARED_DATA, elapsed, machine, median, now, print_json, print_table, quiet
+from common import SHARED_DATA, elapsed, machine, median, now, print_json, print_table, quiet, setup_device
 
 import pytorch_lightning as pl  # noqa: E402  (after common put the repo on sys.path)
 import torch  # noqa: E402
@@ -256,11 +256,7 @@ def parse_args(argv=None):
 def main(argv=None):
     quiet()
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda:0" if args.accelerator in ("gpu", "cuda") else "cpu")
-    if args.channels_last is None:
-        args.channels_last = device.type == "cuda"
+    device = setup_device(args)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         work = Path(tmp)
         dm, data_kind = load_data(args, work)

@@ -81,3 +81,15 @@ def print_json(obj):
     """The last line of a benchmark: one JSON object, so that runs can be compared by machine."""
     sys.stdout.flush()
     print(json.dumps(obj, sort_keys=False))
+
+
+def setup_device(args):
+    """Apply --threads, pick the device from --accelerator, default channels-last as the CLIs do."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda:0" if args.accelerator in ("gpu", "cuda") else "cpu")
+    if args.channels_last is None:
+        args.channels_last = device.type == "cuda"
+    return device
