@@ -13,15 +13,14 @@ import time
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning import Callback
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.utils import make_grid
 
 from color.palette import palette_to_rgb
 from data.cifar import CIFARHorses
 from inference.cli import add_predict_args, check_predict_args
 from models import MODELS, build_model
 from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
+from training.callbacks import ValidationGrid
 from training.figures import plot_curves, save_image_rows
 from training.guards import fit, reliability_callbacks
 from training.resume import start_run
@@ -108,20 +107,6 @@ def sample_rows(module, datamodule, n=8):
             ("ground truth", palette_to_rgb(target, palette))]
 
 
-class SampleImages(Callback):
-    """Each validation epoch, a TensorBoard grid of the same validation images."""
-
-    def __init__(self, n=8):
-        self.n = n
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
-            return
-        rows = sample_rows(pl_module, trainer.datamodule, self.n)
-        grid = make_grid(torch.cat([r[1].expand(-1, 3, -1, -1) for r in rows]), nrow=self.n, padding=1)
-        trainer.logger.experiment.add_image("val/samples (grey | prediction | truth)", grid, trainer.current_epoch)
-
-
 def write_results(run, module, datamodule, history, checkpoint, args, seconds):
     """curves.png, samples.png and summary.json in the run's results folder."""
     name = module.hparams.model
@@ -157,8 +142,9 @@ def train(args):
                                 num_colours=datamodule.num_colours, lr=args.lr, optimizer=args.optimizer,
                                 weight_decay=args.weight_decay)
     run, resume_from = start_run(TASK, args.model, args, module.hparams)
+    grid = ValidationGrid(sample_rows, "val/samples (grey | prediction | truth)", 8)  # TensorBoard, each validation epoch
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/loss", "min", trainer_flags(args),
-                                                 callbacks=[SampleImages(), ChannelsLast(args.channels_last),
+                                                 callbacks=[grid, ChannelsLast(args.channels_last),
                                                             *reliability_callbacks(TASK, run, args)])
     start = time.perf_counter()
     fit(trainer, module, datamodule, resume_from, TASK, args)

@@ -13,16 +13,15 @@ import time
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning import Callback
 from torch import nn
 from torchmetrics.classification import MulticlassJaccardIndex
-from torchvision.utils import make_grid
 
 from data.oxford17 import Oxford17
 from inference.cli import add_predict_args, check_predict_args
 from losses.iou import SoftIoULoss
 from models.deeplabv3 import BACKBONES, build_deeplabv3
 from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
+from training.callbacks import ValidationGrid
 from training.errors import UsageError
 from training.figures import mask_to_rgb, plot_curves, save_image_rows
 from training.guards import fit, reliability_callbacks
@@ -142,20 +141,6 @@ def sample_rows(module, datamodule, n=4):
             ("prediction", mask_to_rgb(preds))]
 
 
-class SamplePredictions(Callback):
-    """Each validation epoch, a TensorBoard grid of the same validation images."""
-
-    def __init__(self, n=4):
-        self.n = n
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
-            return
-        rows = sample_rows(pl_module, trainer.datamodule, self.n)
-        grid = make_grid(torch.cat([r[1] for r in rows]), nrow=self.n, padding=2)
-        trainer.logger.experiment.add_image("val/predictions (image | truth | prediction)", grid, trainer.current_epoch)
-
-
 def write_results(run, module, datamodule, history, checkpoint, test_metrics, args, seconds):
     """curves.png, predictions.png and summary.json in the run's results folder."""
     hp = module.hparams
@@ -193,8 +178,9 @@ def train(args):
     datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
     datamodule.setup("fit")
     run, resume_from = start_run(TASK, f"{args.loss}-{args.backbone}", args, module.hparams)
+    grid = ValidationGrid(sample_rows, "val/predictions (image | truth | prediction)", 4)  # TensorBoard, each validation epoch
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/miou", "max", trainer_flags(args),
-                                                 callbacks=[SamplePredictions(), ChannelsLast(args.channels_last),
+                                                 callbacks=[grid, ChannelsLast(args.channels_last),
                                                             *reliability_callbacks(TASK, run, args)])
     start = time.perf_counter()
     fit(trainer, module, datamodule, resume_from, TASK, args)
