@@ -107,6 +107,11 @@ def sample_rows(module, datamodule, n=8):
             ("ground truth", palette_to_rgb(target, palette))]
 
 
+def validation_grid():
+    """The TensorBoard grid of fixed validation images, logged after every validation epoch."""
+    return ValidationGrid(sample_rows, "val/samples (grey | prediction | truth)", 8)
+
+
 def write_results(run, module, datamodule, history, checkpoint, args, seconds):
     """curves.png, samples.png and summary.json in the run's results folder."""
     name = module.hparams.model
@@ -142,9 +147,8 @@ def train(args):
                                 num_colours=datamodule.num_colours, lr=args.lr, optimizer=args.optimizer,
                                 weight_decay=args.weight_decay)
     run, resume_from = start_run(TASK, args.model, args, module.hparams)
-    grid = ValidationGrid(sample_rows, "val/samples (grey | prediction | truth)", 8)  # TensorBoard, each validation epoch
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/loss", "min", trainer_flags(args),
-                                                 callbacks=[grid, ChannelsLast(args.channels_last),
+                                                 callbacks=[validation_grid(), ChannelsLast(args.channels_last),
                                                             *reliability_callbacks(TASK, run, args)])
     start = time.perf_counter()
     fit(trainer, module, datamodule, resume_from, TASK, args)

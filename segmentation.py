@@ -141,6 +141,11 @@ def sample_rows(module, datamodule, n=4):
             ("prediction", mask_to_rgb(preds))]
 
 
+def validation_grid():
+    """The TensorBoard grid of fixed validation images, logged after every validation epoch."""
+    return ValidationGrid(sample_rows, "val/predictions (image | truth | prediction)", 4)
+
+
 def write_results(run, module, datamodule, history, checkpoint, test_metrics, args, seconds):
     """curves.png, predictions.png and summary.json in the run's results folder."""
     hp = module.hparams
@@ -178,9 +183,8 @@ def train(args):
     datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
     datamodule.setup("fit")
     run, resume_from = start_run(TASK, f"{args.loss}-{args.backbone}", args, module.hparams)
-    grid = ValidationGrid(sample_rows, "val/predictions (image | truth | prediction)", 4)  # TensorBoard, each validation epoch
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/miou", "max", trainer_flags(args),
-                                                 callbacks=[grid, ChannelsLast(args.channels_last),
+                                                 callbacks=[validation_grid(), ChannelsLast(args.channels_last),
                                                             *reliability_callbacks(TASK, run, args)])
     start = time.perf_counter()
     fit(trainer, module, datamodule, resume_from, TASK, args)

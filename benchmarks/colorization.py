@@ -13,7 +13,7 @@ first --warmup-epochs of every run are not counted; figures are medians over the
 
 - Lightning: `trainer.fit` of colorization.py's ColorizationModule with CIFARHorses, on the Trainer
   the CLI builds (training/trainer.py: progress bar, TensorBoard epoch scalars, EpochHistory, best +
-  last checkpoint written every epoch) plus the CLI's SampleImages callback (a TensorBoard image grid
+  last checkpoint written every epoch) plus the CLI's validation_grid callback (a TensorBoard image grid
   every epoch). Per step: forward, cross-entropy, backward, optimiser step, pixel accuracy
   (torchmetrics) and the epoch means of loss and accuracy; then a validation pass (loss, accuracy).
 - bare: a `for` loop over shuffled index slices of the same tensors: forward, cross-entropy,
@@ -42,7 +42,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from pytorch_lightning import Callback  # noqa: E402
 
-from colorization import ColorizationModule, SampleImages  # noqa: E402
+from colorization import ColorizationModule, validation_grid  # noqa: E402
 from data.cifar import CIFARHorses  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 from training.perf import ChannelsLast  # noqa: E402
@@ -114,7 +114,7 @@ def interleaved_run(name, dm, data, args, device, epochs, work):
     flags = dict(accelerator=args.accelerator, devices=1, precision=args.precision)
     limits = dict(limit_train_batches=args.train_batches, limit_val_batches=args.val_batches) if args.quick else {}
     trainer, _, _ = build_trainer(run, epochs, "val/loss", "min", flags,
-                                  callbacks=[SampleImages(), ChannelsLast(args.channels_last), timer], **limits)
+                                  callbacks=[validation_grid(), ChannelsLast(args.channels_last), timer], **limits)
     with contextlib.redirect_stdout(sys.stderr):  # Lightning's progress bar writes to stdout
         trainer.fit(module, datamodule=dm)
     return timer.epochs(), bare.times, bare.model

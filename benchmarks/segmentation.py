@@ -7,7 +7,7 @@ Data: a fixture of Oxford17's size written in the real on-disk format by tests/f
 (848 image/trimap pairs, 256x256, synthetic pixels; split 50/25/25 stratified by class as for the
 real copy without datasplits.mat), or --data-dir. Weights: none (random frozen network; speed does
 not depend on the values). Both sides are real training runs: SegmentationModule + Oxford17 on
-the Trainer the CLI builds (training/trainer.py, plus its SamplePredictions callback),
+the Trainer the CLI builds (training/trainer.py, plus its validation_grid callback),
 CE loss, batch 16, --epochs epochs.
 
 - cached (the default): the trunk's features are computed once in `on_fit_start` (the "cache pass"),
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from pytorch_lightning import Callback  # noqa: E402
 
 from data.oxford17 import Oxford17  # noqa: E402
-from segmentation import SamplePredictions, SegmentationModule  # noqa: E402
+from segmentation import SegmentationModule, validation_grid  # noqa: E402
 from training.perf import ChannelsLast  # noqa: E402
 from training.runs import RUN_ENV, create_run  # noqa: E402
 from training.trainer import build_trainer  # noqa: E402
@@ -109,7 +109,7 @@ def fit(args, data_dir, device, work, cached, epochs, limits=None):
     timeline = Timeline(device)
     flags = dict(accelerator=args.accelerator, devices=1, precision=args.precision)
     trainer, _, _ = build_trainer(run, epochs, "val/miou", "max", flags,
-                                  callbacks=[SamplePredictions(), ChannelsLast(args.channels_last), timeline],
+                                  callbacks=[validation_grid(), ChannelsLast(args.channels_last), timeline],
                                   **(limits or {}))
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Lightning's progress bar writes to stdout
