@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from data.cifar import find_batch_folder  # noqa: E402
-from training.errors import UsageError  # noqa: E402
+from errors import UsageError  # noqa: E402
 from training.files import atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from training.finished import checkpoint_path, reuse_or_train  # noqa: E402
 

@@ -22,7 +22,7 @@ from losses.iou import SoftIoULoss
 from models.deeplabv3 import BACKBONES, build_deeplabv3
 from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
 from training.callbacks import ValidationGrid
-from training.errors import UsageError
+from errors import UsageError
 from training.figures import mask_to_rgb, plot_curves, save_image_rows
 from training.guards import fit, reliability_callbacks
 from training.resume import start_run

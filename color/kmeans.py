@@ -20,7 +20,7 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from data.cifar import HORSE, TRAIN_BATCHES, ensure_cifar, load_batches
-from training.errors import UsageError, UserError
+from errors import UsageError, UserError
 
 N_INIT = 4
 DEFAULT_MAX_PIXELS = 0  # all pixels (5.1M for CIFAR-10; about 2 minutes on one core)

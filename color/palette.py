@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.errors import DataError
+from errors import DataError
 
 DEFAULT_PALETTE_PATH = Path(__file__).with_name("color_kmeans24_cat7.npy")
 REGENERATE_HINT = "regenerate it with `python -m color.kmeans` (see color/README.md)"

@@ -17,7 +17,7 @@ from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DistributedSampler, SequentialSampler, TensorDataset
 
 from data.sampling import EpochShuffle
-from training.errors import UsageError
+from errors import UsageError
 
 
 class TensorBatches(TensorDataset):

@@ -30,7 +30,7 @@ from torchvision.datasets.utils import calculate_md5, download_url, extract_arch
 from color.palette import check_palette, load_palette, nearest_colour
 from data.batching import TensorBatches, accelerator_device, distributed_info, keep_batch, make_sampler
 from data.sampling import loader_generator
-from training.errors import DataError
+from errors import DataError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from data.batching import distributed_info, keep_batch, make_sampler
 from data.sampling import loader_generator
-from training.errors import DataError, UsageError
+from errors import DataError, UsageError
 
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/"
 IMAGES_ARCHIVE = "17flowers.tgz"

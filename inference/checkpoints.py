@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from training.errors import UserError
+from errors import UserError
 
 SPECS = ("best", "last")
 TASKS = ("colorization", "segmentation")

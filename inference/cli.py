@@ -5,7 +5,7 @@ import torch
 
 from color.decode import DECODINGS, DEFAULT_TEMPERATURE
 from training.cli import positive_float
-from training.errors import UsageError, UserError
+from errors import UsageError, UserError
 
 PREDICT_ONLY = ("checkpoint", "out", "decode", "temperature")
 

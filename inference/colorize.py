@@ -23,7 +23,7 @@ from inference.cli import for_each_image, pick_device, raise_if_failed
 from inference.images import crop_to, load_image, pad_to_multiple
 from inference.outputs import FIGURE_MAX_ROWS, UniqueNames, output_folder, save_png, save_side_by_side, thumbnail, to_uint8
 from models import build_model
-from training.errors import UserError
+from errors import UserError
 from training.files import atomic_write_json
 
 TASK = "colorization"

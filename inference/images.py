@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from training.errors import DataError
+from errors import DataError
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 TRANSPARENT_MODES = ("RGBA", "RGBa", "LA", "La", "PA")

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.errors import UserError
+from errors import UserError
 from training.files import atomic_save_figure, atomic_write_bytes
 
 FIGURE_MAX_ROWS = 16  # more rows make an unreadably tall figure; every image still gets its own PNG

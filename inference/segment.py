@@ -28,7 +28,7 @@ from inference.cli import for_each_image, pick_device, raise_if_failed
 from inference.images import load_image
 from inference.outputs import UniqueNames, output_folder, save_png
 from models.deeplabv3 import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_deeplabv3
-from training.errors import UserError
+from errors import UserError
 from training.files import atomic_write_json, atomic_write_text
 
 TASK = "segmentation"

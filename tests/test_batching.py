@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sequ
 from data.batching import TensorBatches, accelerator_device, distributed_info, keep_batch, make_sampler
 from data.cifar import CIFARHorses
 from tests.fixtures.cifar import write_cifar_folder
-from training.errors import UsageError
+from errors import UsageError
 
 
 def fake_trainer(rank, world_size, device="cpu"):

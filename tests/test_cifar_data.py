@@ -16,7 +16,7 @@ from color.palette import load_palette
 from data.cifar import CIFARHorses, ensure_cifar, load_batches
 from tests.fixtures.cifar import (expected_horses, make_images, write_batch, write_cifar_archive,
                                   write_cifar_folder)
-from training.errors import DataError
+from errors import DataError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-horses"
 

@@ -12,7 +12,7 @@ from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights
 from data.oxford17 import Oxford17
 from models.deeplabv3 import build_deeplabv3
 from tests.fixtures.oxford17 import write_oxford17
-from training.errors import UsageError, UserError
+from errors import UsageError, UserError
 
 TRAINABLE = 2 * 256 + 2  # Conv2d(256, 2, 1): weight 2x256x1x1 + bias 2
 

@@ -14,7 +14,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 import data.oxford17 as ox
 from data.oxford17 import FeatureDataset, Oxford17, generated_split, trimap_to_mask
 from tests.fixtures.oxford17 import image_numbers, trimap_numbers, write_oxford17, write_oxford17_archives
-from training.errors import DataError, UsageError
+from errors import DataError, UsageError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford17"
 NO_MD5 = {"17flowers.tgz": None, "datasplits.mat": None}

@@ -11,7 +11,7 @@ import color.palette as palette_module
 from color.kmeans import main as kmeans_main
 from color.palette import DEFAULT_PALETTE_PATH, load_palette, nearest_colour, palette_to_rgb
 from tests.fixtures.cifar import write_cifar_folder
-from training.errors import DataError
+from errors import DataError
 
 CENTRES = np.linspace(0.0, 1.0, 3 * 6).reshape(6, 3)
 

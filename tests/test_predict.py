@@ -22,7 +22,7 @@ from inference.images import crop_to, load_image, pad_to_multiple
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
-from training.errors import UserError
+from errors import UserError
 from training.runs import RUN_ENV
 
 ODD_SIZES = {"rgb": (37, 23), "rgba": (50, 61), "grey": (3, 5), "grey16": (37, 23), "palette": (29, 30)}

@@ -169,7 +169,7 @@ def test_resume_last_needs_a_run_with_the_same_settings(tmp_path, capsys, cifar_
 
 
 def test_debug_shows_the_traceback(tmp_path, cifar_dir):
-    from training.errors import UserError
+    from errors import UserError
 
     with pytest.raises(UserError, match="no such file"):
         run_main(colorization.main, [*COLOR, "--data-dir", cifar_dir, "--debug", "--resume", tmp_path / "x.ckpt"])

@@ -10,7 +10,7 @@ import argparse
 import sys
 import warnings
 
-from training.errors import UserError
+from errors import UserError
 
 
 def positive_int(text):

@@ -17,7 +17,7 @@ from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from training.errors import UserError
+from errors import UserError
 from training.resume import INTERRUPTED, RNGState, RunStamp, run_settings
 
 

@@ -20,7 +20,7 @@ import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_only
 
-from training.errors import UsageError, UserError
+from errors import UsageError, UserError
 from training.runs import RUN_ENV, Run, _check_writable, create_run
 
 RESUME_ENV = "IMAGE2IMAGE_RESUME_CHECKPOINT"  # DDP children use the checkpoint rank 0 chose

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pytorch_lightning.utilities import rank_zero_only
 
-from training.errors import UserError
+from errors import UserError
 
 RUN_ENV = "IMAGE2IMAGE_RUN_NAME"
 
