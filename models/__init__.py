@@ -4,7 +4,9 @@ To add a model, import its constructor here and add it to MODELS; `build_model` 
 it up from there.
 """
 
-from models.colorization import ConvTransposeNet, PoolUpsampleNet, UNet
+from models.convtransposenet import ConvTransposeNet
+from models.poolupsamplenet import PoolUpsampleNet
+from models.unet import UNet
 
 MODELS = {
     "PoolUpsampleNet": PoolUpsampleNet,

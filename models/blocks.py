@@ -1,4 +1,5 @@
-"""The three colourisation nets of the homework: greyscale (N, NIC, H, W) -> logits (N, NC, H, W).
+"""Building blocks shared by the three colourisation nets (models/poolupsamplenet.py,
+convtransposenet.py, unet.py): greyscale (N, NIC, H, W) -> logits (N, NC, H, W).
 
 Each net is five blocks; blocks 1-4 are `conv -> [pool | upsample] -> BatchNorm -> ReLU` and block 5
 is a bare conv producing the per-pixel class logits. Two halvings and two doublings mean H and W
@@ -11,7 +12,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from models.padding import SameConv2d, padding_for
+from models.padding import padding_for
 
 
 def conv_block(conv: nn.Module, out_channels: int, *, pool: bool = False,
@@ -39,7 +40,7 @@ def up_conv(in_channels: int, out_channels: int, kernel: int) -> nn.ConvTranspos
                               output_padding=pad.output_padding)
 
 
-class _ColourNet(nn.Module):
+class ColourNet(nn.Module):
     """Argument and input-size checks shared by the three nets."""
 
     def __init__(self, kernel: int, num_in_channels: int, num_filters: int, num_colours: int):
@@ -68,61 +69,3 @@ class _ColourNet(nn.Module):
     def extra_repr(self) -> str:
         return (f"kernel={self.kernel}, num_in_channels={self.num_in_channels}, "
                 f"num_filters={self.num_filters}, num_colours={self.num_colours}")
-
-
-class PoolUpsampleNet(_ColourNet):
-    """Stride-1 convs; MaxPool2d halves, nearest Upsample doubles (homework part 1)."""
-
-    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32,
-                 num_colours: int = 24):
-        super().__init__(kernel, num_in_channels, num_filters, num_colours)
-        k, nic, nf, nc = kernel, num_in_channels, num_filters, num_colours
-        self.block1 = conv_block(SameConv2d(nic, nf, k), nf, pool=True)  # H -> H/2
-        self.block2 = conv_block(SameConv2d(nf, 2 * nf, k), 2 * nf, pool=True)  # -> H/4
-        self.block3 = conv_block(SameConv2d(2 * nf, nf, k), nf, upsample=True)  # -> H/2
-        self.block4 = conv_block(SameConv2d(nf, nc, k), nc, upsample=True)  # -> H
-        self.block5 = SameConv2d(nc, nc, k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.block5(self.block4(self.block3(self.block2(self.block1(x)))))
-
-
-class ConvTransposeNet(_ColourNet):
-    """Stride-2 convs halve, stride-2 transposed convs double (homework part 2)."""
-
-    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32,
-                 num_colours: int = 24):
-        super().__init__(kernel, num_in_channels, num_filters, num_colours)
-        k, nic, nf, nc = kernel, num_in_channels, num_filters, num_colours
-        self.block1 = conv_block(down_conv(nic, nf, k), nf)  # H -> H/2
-        self.block2 = conv_block(down_conv(nf, 2 * nf, k), 2 * nf)  # -> H/4
-        self.block3 = conv_block(up_conv(2 * nf, nf, k), nf)  # -> H/2
-        self.block4 = conv_block(up_conv(nf, nc, k), nc)  # -> H
-        self.block5 = SameConv2d(nc, nc, k)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        return self.block5(self.block4(self.block3(self.block2(self.block1(x)))))
-
-
-class UNet(_ColourNet):
-    """ConvTransposeNet with two skips: block 4 also sees block 1's output, and the final conv
-    also sees the greyscale input (homework part 3)."""
-
-    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32,
-                 num_colours: int = 24):
-        super().__init__(kernel, num_in_channels, num_filters, num_colours)
-        k, nic, nf, nc = kernel, num_in_channels, num_filters, num_colours
-        self.block1 = conv_block(down_conv(nic, nf, k), nf)  # H -> H/2
-        self.block2 = conv_block(down_conv(nf, 2 * nf, k), 2 * nf)  # -> H/4
-        self.block3 = conv_block(up_conv(2 * nf, nf, k), nf)  # -> H/2
-        self.block4 = conv_block(up_conv(nf + nf, nc, k), nc)  # cat(block3, block1) -> H
-        self.block5 = SameConv2d(nc + nic, nc, k)  # cat(block4, input)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        out1 = self.block1(x)
-        out3 = self.block3(self.block2(out1))
-        out4 = self.block4(torch.cat([out3, out1], dim=1))
-        return self.block5(torch.cat([out4, x], dim=1))
