@@ -7,8 +7,9 @@ Where things live: the models in `models/`, the data and its split in `data/cifa
 in `color/`, run folders / figures / Trainer flags in `training/`.
 """
 import argparse
+import hashlib
 import sys
-import time
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
@@ -19,15 +20,14 @@ from color.palette import palette_to_rgb
 from data.cifar import CIFARHorses
 from inference.cli import add_predict_args, check_predict_args
 from models import MODELS, build_model
-from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
+from colorization_sweep import run_sweep
 from training.callbacks import ValidationGrid
+from training.cli import (HelpFormatter, add_perf_args, add_run_args, add_trainer_args, positive_int,
+                          quiet_known_warnings, run_main)
 from training.figures import plot_curves, save_image_rows
-from training.guards import fit, reliability_callbacks
-from training.resume import start_run
 from training.metrics import BatchMean
-from training.perf import ChannelsLast, add_perf_args
-from training.summary import write_summary
-from training.trainer import build_trainer
+from training.runs import reuse_or_train, run_settings
+from training.task import Prepared, run_task
 
 TASK = "colorization"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -88,7 +88,6 @@ class ColorizationModule(pl.LightningModule):
         palette = getattr(self.trainer.datamodule, "palette", None)
         if palette is not None:
             checkpoint["palette"] = palette.tolist()
-        checkpoint["task"] = TASK
 
     def configure_optimizers(self):
         opt = OPTIMIZERS[self.hparams.optimizer]
@@ -112,8 +111,8 @@ def validation_grid():
     return ValidationGrid(sample_rows, "val/samples (grey | prediction | truth)", 8)
 
 
-def write_results(run, module, datamodule, history, checkpoint, args, seconds):
-    """curves.png, samples.png and summary.json in the run's results folder."""
+def write_results(module, datamodule, args, run, trainer, history, checkpoint, test_metrics):
+    """curves.png and samples.png in the run's results folder; returns the task's summary fields."""
     name = module.hparams.model
     plot_curves(history.history, [("cross-entropy loss", ["train/loss", "val/loss"]),
                                   ("pixel accuracy", ["train/acc", "val/acc"])],
@@ -122,22 +121,23 @@ def write_results(run, module, datamodule, history, checkpoint, args, seconds):
                     f"{name} after {len(history.history)} epochs: validation samples")
     best_loss, best_epoch = history.best("val/loss", "min")
     best_acc, best_acc_epoch = history.best("val/acc", "max")
-    return write_summary(
-        run.results / "summary.json",
-        task=TASK, run=run.name, model=name, hyperparameters=dict(module.hparams),
-        batch_size=args.batch_size, seed=args.seed, epochs=len(history.history),
+    return dict(
+        model=name, hyperparameters=dict(module.hparams), batch_size=args.batch_size, seed=args.seed,
         best_val_loss=best_loss, best_val_loss_epoch=best_epoch,
         best_val_acc=best_acc, best_val_acc_epoch=best_acc_epoch,
         final_val_loss=history.last("val/loss"), final_val_acc=history.last("val/acc"),
         final_train_loss=history.last("train/loss"), final_train_acc=history.last("train/acc"),
-        history=history.history, wall_seconds=round(seconds, 2), resumed_from=getattr(args, "resumed_from", None),
-        data=datamodule.source, checkpoints={"best": checkpoint.best_model_path, "last": checkpoint.last_model_path},
-        logs=str(run.logs),
-    )
+        data=datamodule.source)
 
 
-def train(args):
-    """Train one model as the flags say; returns the summary dict (rank 0) or None."""
+def data_settings(datamodule):
+    """What of the data decides a run's numbers: the tensors read (grey inputs and palette targets)."""
+    palette = hashlib.sha256(datamodule.palette.float().numpy().tobytes()).hexdigest()[:16]
+    return {"checksum": datamodule.data_checksum(), "palette": palette}
+
+
+def prepare(args):
+    """The seeded DataModule (data found or downloaded, split), the module and the run settings."""
     pl.seed_everything(args.seed, workers=True)
     datamodule = CIFARHorses(data_dir=args.data_dir, batch_size=args.batch_size, palette=args.palette,
                              num_workers=args.num_workers, seed=args.seed)
@@ -146,19 +146,41 @@ def train(args):
     module = ColorizationModule(model=args.model, kernel=args.kernel, num_filters=args.num_filters,
                                 num_colours=datamodule.num_colours, lr=args.lr, optimizer=args.optimizer,
                                 weight_decay=args.weight_decay)
-    run, resume_from = start_run(TASK, args.model, args, module.hparams)
-    trainer, history, checkpoint = build_trainer(run, args.epochs, "val/loss", "min", trainer_flags(args),
-                                                 callbacks=[validation_grid(), ChannelsLast(args.channels_last),
-                                                            *reliability_callbacks(TASK, run, args)])
-    start = time.perf_counter()
-    fit(trainer, module, datamodule, resume_from, TASK, args)
-    seconds = time.perf_counter() - start
-    if not trainer.is_global_zero:
+    return Prepared(module, datamodule, run_settings(TASK, args, module.hparams, data_settings(datamodule)))
+
+
+def train(args, prepared=None):
+    """Train one model as the flags say; returns the summary dict (global rank 0) or None."""
+    prepared = prepared or prepare(args)
+    return run_task(TASK, args, prepared, prefix=args.model, monitor="val/loss", mode="min",
+                    callbacks=[validation_grid()], results=partial(write_results, prepared.module, prepared.datamodule,
+                                                                   args), headline=headline)
+
+
+def headline(s):
+    return (f"{s['model']}: best val loss {s['best_val_loss']:.4f} (epoch {s['best_val_loss_epoch'] + 1}), "
+            f"final val acc {s['final_val_acc']:.4f}")
+
+
+def train_or_reuse(args, log=print):
+    """(summary, trained): a finished run with these settings, or one trained now (report, sweep)."""
+    return reuse_or_train(TASK, prepare, train, args, log)
+
+
+def render_samples(summary, datamodule, path, logs_dir):
+    """Validation samples of a finished run (from its last checkpoint), titled with its batch size; None
+    when the checkpoint is gone."""
+    from training.checkpoints import load_module
+    from training.runs import summary_checkpoint
+
+    ckpt = summary_checkpoint(summary, "last", logs_dir)
+    if ckpt is None:
         return None
-    summary = write_results(run, module, datamodule, history, checkpoint, args, seconds)
-    print(f"{args.model}: best val loss {summary['best_val_loss']:.4f} (epoch {summary['best_val_loss_epoch'] + 1}), "
-          f"final val acc {summary['final_val_acc']:.4f}; results in {run.results}, TensorBoard logs in {run.logs}")
-    return summary
+    module = load_module(ColorizationModule, ckpt, TASK)
+    title = (f"{summary['model']}, batch size {summary['batch_size']}, after {summary['epochs']} epoch(s): "
+             f"validation samples")
+    save_image_rows(sample_rows(module, datamodule), path, title)
+    return path
 
 
 def build_parser():
@@ -208,9 +230,8 @@ def main(argv=None):
     if args.predict:
         from inference.colorize import predict
         return run_main(predict, args)
-    if args.batch_sizes:  # homework Q1.2.5; imported here because the sweep imports this module
-        from colorization_sweep import run_sweep
-        return run_main(run_sweep, args)
+    if args.batch_sizes:  # homework Q1.2.5
+        return run_main(partial(run_sweep, train_one=train_or_reuse, render=render_samples), args)
     return run_main(train, args)
 
 

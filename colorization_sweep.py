@@ -10,12 +10,17 @@ trains one run per batch size (every other flag as given, the same for all) and 
 - `samples_bs<B>.png`: validation samples (grey | prediction | truth) of the run with batch size B;
 - `sweep.json`: the sweep's settings and its runs.
 
-Reruns never destroy an earlier sweep. A run already finished with the same hyper-parameters
-(summary.json with the epochs asked for; see training/finished.py) is reused, not trained again,
+Reruns never destroy an earlier sweep. A run already finished with the same settings (summary.json;
+see training/runs.py, `differences`) is reused, not trained again,
 so an interrupted sweep resumes where it stopped. The folder is `batch_sweep/` when it is free or
 holds a sweep with the same settings (then it is rewritten with the same runs); a sweep with other
 settings (epochs, model, batch sizes, ...) goes to the first free or matching `batch_sweep-2`,
 `batch_sweep-3`, ...
+
+The sweep runs one process per batch size after the other; several devices (DDP) are refused with
+one line, since each rank would have to step through the same runs in the same order.
+This module knows nothing of colorization.py: `train_one(args) -> (summary, trained)` and
+`render(summary, datamodule, path, logs_dir)` are handed in by its CLI.
 """
 import copy
 import csv
@@ -32,8 +37,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from data.cifar import find_batch_folder  # noqa: E402
 from errors import UsageError  # noqa: E402
+from training.cli import several_processes  # noqa: E402
 from training.files import atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-from training.finished import checkpoint_path, reuse_or_train  # noqa: E402
 
 TASK = "colorization"
 SWEEP_DIR = "batch_sweep"
@@ -42,27 +47,6 @@ FIGURE_NAME = "val_loss.png"
 CSV_COLUMNS = ("batch_size", "epochs", "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc",
                "best_train_loss", "best_train_acc", "best_val_loss", "best_val_loss_epoch", "best_val_acc",
                "best_val_acc_epoch", "wall_seconds", "run")
-
-
-def colorization_wanted(args):
-    """What a finished colorization run must match to stand in for training `args` again."""
-    folder = find_batch_folder(args.data_dir)
-    return {
-        "task": TASK, "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-        "hyperparameters.kernel": args.kernel, "hyperparameters.num_filters": args.num_filters,
-        "hyperparameters.lr": float(args.lr), "hyperparameters.optimizer": args.optimizer,
-        "hyperparameters.weight_decay": float(args.weight_decay),
-        # data not extracted yet: None matches no stored folder, so the run trains
-        "data.folder": str(folder) if folder else None,
-        "data.palette": str(args.palette or "default"),
-    }
-
-
-def train_or_reuse(args, log=print):
-    """(summary, trained) for one colorization run with `args` (see training.finished)."""
-    from colorization import train
-
-    return reuse_or_train(train, args, TASK, colorization_wanted(args), log)
 
 
 def sweep_settings(args, batch_sizes):
@@ -138,24 +122,7 @@ def plot_sweep(summaries, path, title):
     plt.close(fig)
 
 
-def render_samples(summary, datamodule, path, results_dir, logs_dir):
-    """Validation samples of a finished run, titled with its batch size, from its last checkpoint;
-    the run's own samples.png is copied when the checkpoint is gone. Returns the path or None."""
-    from colorization import ColorizationModule, sample_rows
-    from training.figures import save_image_rows
-
-    ckpt = checkpoint_path(summary, "last", logs_dir)
-    if ckpt is None:
-        own = Path(results_dir) / TASK / summary["run"] / "samples.png"
-        return atomic_write_bytes(path, own.read_bytes()) if own.is_file() else None
-    module = ColorizationModule.load_from_checkpoint(str(ckpt), map_location="cpu")
-    title = (f"{summary['model']}, batch size {summary['batch_size']}, after {summary['epochs']} epoch(s): "
-             f"validation samples")
-    save_image_rows(sample_rows(module, datamodule), path, title)
-    return path
-
-
-def run_sweep(args, log=print):
+def run_sweep(args, train_one, render, log=print):
     """Train (or reuse) one run per batch size in `args.batch_sizes`; write the sweep folder.
 
     Returns a dict: folder, settings, summaries (sorted by batch size), rows, csv, figure, samples
@@ -163,6 +130,11 @@ def run_sweep(args, log=print):
     """
     if args.run_name:
         raise UsageError("--run-name cannot be combined with --batch-sizes: each batch size gets its own run")
+    if several_processes(args):
+        raise UsageError("--batch-sizes runs one process at a time: drop --devices/--num-nodes (or torchrun) "
+                         "for the sweep, or train each batch size as its own run with --devices N")
+    if args.devices == "auto":
+        args.devices = 1  # 'auto' would take every GPU of the machine, i.e. DDP
     batch_sizes = sorted(set(args.batch_sizes))
     summaries, trained = [], 0
     for b in batch_sizes:
@@ -170,15 +142,13 @@ def run_sweep(args, log=print):
         one.batch_size, one.batch_sizes = b, None
         one.run_name = f"{args.model}-bs{b:03d}-{time.strftime('%Y%m%d-%H%M%S')}"
         log(f"batch-size sweep: batch size {b} ({args.epochs} epoch(s))")
-        summary, new = train_or_reuse(one, log)
-        if summary is None:  # a non-zero DDP rank: rank 0 writes the sweep
-            return None
+        summary, new = train_one(one, log)
         summaries.append(summary)
         trained += new
-    return write_sweep(args, batch_sizes, summaries, trained, log)
+    return write_sweep(args, batch_sizes, summaries, trained, render, log)
 
 
-def write_sweep(args, batch_sizes, summaries, trained, log=print):
+def write_sweep(args, batch_sizes, summaries, trained, render, log=print):
     """The sweep folder's CSV, figure, sample grids and sweep.json."""
     from data.cifar import CIFARHorses
 
@@ -193,8 +163,10 @@ def write_sweep(args, batch_sizes, summaries, trained, log=print):
     datamodule.setup()
     samples = {}
     for s in summaries:
-        path = render_samples(s, datamodule, folder / f"samples_bs{s['batch_size']:03d}.png", args.results_dir,
-                              args.logs_dir)
+        path = folder / f"samples_bs{s['batch_size']:03d}.png"
+        if render(s, datamodule, path, args.logs_dir) is None:  # checkpoint gone: copy the run's own samples
+            own = Path(args.results_dir) / TASK / s["run"] / "samples.png"
+            path = atomic_write_bytes(path, own.read_bytes()) if own.is_file() else None
         if path is not None:
             samples[s["batch_size"]] = Path(path)
     atomic_write_json(folder / "sweep.json", {"settings": settings, "runs": [s["run"] for s in summaries],

@@ -3,8 +3,8 @@
     python report.py            # the full report (2-2.5 h on 2 shared CPU cores; see README "Report")
     python report.py --quick    # a smoke run: 1 epoch per run, into .cache/report-quick/
 
-It trains what is missing and reuses runs already finished with the same hyper-parameters
-(training/finished.py), so an interrupted report resumes and a second call trains nothing:
+It trains what is missing and reuses runs already finished with the same settings
+(training/runs.py, `differences`), so an interrupted report resumes and a second call trains nothing:
 - the three colorization models (homework defaults: 25 epochs, batch 100, kernel 3, NF 32);
 - the batch-size sweep with ConvTransposeNet (colorization_sweep.py; 10 epochs by default);
 - segmentation with CE and with the soft IoU loss: COCO-pretrained DeepLabV3-ResNet101 when its
@@ -21,6 +21,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from errors import UsageError
 
 REPO = Path(__file__).resolve().parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -121,7 +123,7 @@ def colour_args(args, model, batch_size=None, epochs=None, batch_sizes=None):
     argv = [model, "--epochs", epochs or args.epochs, "--batch-size", batch_size or args.batch_size,
             "--kernel", args.kernel, "--num-filters", args.num_filters, "--lr", args.lr, "--seed", args.seed,
             "--data-dir", args.data_dir_cifar, "--results-dir", args.results_dir, "--logs-dir", args.logs_dir,
-            "--accelerator", args.accelerator]
+            "--accelerator", args.accelerator, "--devices", "1"]
     if batch_sizes:
         argv += ["--batch-sizes", *batch_sizes]
     return colour_parse([str(a) for a in argv])
@@ -134,33 +136,13 @@ def seg_args(args, loss):
     argv = ["--loss", loss, "--backbone", args.seg_backbone, "--weights", args.seg_weights,
             "--image-size", args.seg_image_size, "--epochs", args.seg_epochs, "--batch-size", args.seg_batch_size,
             "--lr", args.seg_lr, "--seed", args.seed, "--data-dir", args.data_dir_oxford17,
-            "--results-dir", args.results_dir, "--logs-dir", args.logs_dir, "--accelerator", args.accelerator]
+            "--results-dir", args.results_dir, "--logs-dir", args.logs_dir, "--accelerator", args.accelerator,
+            "--devices", "1"]
     return seg_parser().parse_args([str(a) for a in argv])
 
 
-def _jpg_dir(notes):
-    """The jpg/ folder a segmentation run read, from its summary's data notes."""
-    if not isinstance(notes, dict):
-        return None
-    origin, extracted = str(notes.get("origin", "")), str(notes.get("extracted", ""))
-    if origin.startswith("folder "):
-        return Path(origin[len("folder "):]).resolve()
-    if " in " in extracted:
-        return Path(extracted.rsplit(" in ", 1)[1]).resolve()
-    return None
-
-
-def seg_wanted(a):
-    """What a finished segmentation run must match to stand in for training `a` again."""
-    jpg = (Path(a.data_dir) / "jpg").resolve()
-    return {"task": "segmentation", "loss": a.loss, "backbone": a.backbone,
-            "weights": None if a.weights == "none" else a.weights, "split": a.split, "image_size": a.image_size,
-            "batch_size": a.batch_size, "lr": float(a.lr), "seed": a.seed, "epochs": a.epochs,
-            "data.jpg": lambda notes: _jpg_dir(notes) == jpg}
-
-
 def run_colour_models(args, log):
-    from colorization_sweep import train_or_reuse
+    from colorization import train_or_reuse
 
     runs = {}
     for model in COLOUR_MODELS:
@@ -170,14 +152,13 @@ def run_colour_models(args, log):
 
 
 def run_segmentation(args, log):
-    import segmentation
-    from training.finished import reuse_or_train
+    from segmentation import train_or_reuse
 
     runs = {}
     for loss in ("ce", "iou"):
         a = seg_args(args, loss)
         log(f"segmentation --loss {loss}: {a.backbone}, weights {a.weights}, {a.image_size} px, {a.epochs} epoch(s)")
-        runs[loss] = reuse_or_train(segmentation.train, a, "segmentation", seg_wanted(a), log)
+        runs[loss] = train_or_reuse(a, log)
     return runs
 
 
@@ -187,13 +168,14 @@ def compare_decodings(args, summary, figure_path):
     from colorization import ColorizationModule
     from data.cifar import CIFARHorses
     from reporting.decodings import decoding_metrics, decoding_rows
+    from training.checkpoints import load_module
     from training.figures import save_image_rows
-    from training.finished import checkpoint_path
+    from training.runs import summary_checkpoint
 
-    ckpt = checkpoint_path(summary, "last", args.logs_dir)
+    ckpt = summary_checkpoint(summary, "last", args.logs_dir)
     if ckpt is None:
         return None
-    module = ColorizationModule.load_from_checkpoint(str(ckpt), map_location="cpu").eval()
+    module = load_module(ColorizationModule, ckpt, "colorization").eval()
     dm = CIFARHorses(data_dir=args.data_dir_cifar, batch_size=args.batch_size)
     dm.setup()
     grey, target = dm.val_set.tensors
@@ -252,11 +234,14 @@ class Figures:
 
 def make_report(args, log=print):
     """Train or reuse every run, then write RESULTS_DIR/REPORT.md; returns its path."""
+    from colorization import render_samples, train_or_reuse
     from colorization_sweep import run_sweep
     from reporting.document import render
-    from training.files import atomic_write_text
-    from training.machine import describe_machine
+    from training.files import atomic_write_text, describe_machine
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("report.py trains its runs one after the other in one process (each on one device); "
+                         "start it with python, not torchrun / srun")
     start = time.perf_counter()
     results = Path(args.results_dir)
     figures = Figures(results / "report")
@@ -266,7 +251,7 @@ def make_report(args, log=print):
     log(f"decodings: argmax vs annealed mean (T = {args.temperature:g}) with {args.decode_model}")
     decodings = compare_decodings(args, decode_summary, figures.path("decodings.png"))
     sweep = run_sweep(colour_args(args, args.sweep_model, epochs=args.sweep_epochs,
-                                  batch_sizes=args.sweep_batch_sizes), log)
+                                  batch_sizes=args.sweep_batch_sizes), train_or_reuse, render_samples, log)
     seg = run_segmentation(args, log)
     ctx = {"args": args, "argv": sys.argv[1:], "machine": describe_machine(), "figures": figures,
            "colour": colour, "decodings": decodings, "decode_summary": decode_summary, "sweep": sweep, "seg": seg,

@@ -9,7 +9,7 @@ data, split and masks in `data/oxford17.py`, run folders / figures / Trainer fla
 """
 import argparse
 import sys
-import time
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
@@ -20,16 +20,14 @@ from data.oxford17 import Oxford17
 from inference.cli import add_predict_args, check_predict_args
 from losses.iou import SoftIoULoss
 from models.deeplabv3 import BACKBONES, build_deeplabv3
-from training.cli import HelpFormatter, add_run_args, add_trainer_args, positive_int, quiet_known_warnings, run_main, trainer_flags
-from training.callbacks import ValidationGrid
 from errors import UsageError
+from training.callbacks import ValidationGrid
+from training.cli import (HelpFormatter, add_perf_args, add_run_args, add_trainer_args, positive_int,
+                          quiet_known_warnings, run_main)
 from training.figures import mask_to_rgb, plot_curves, save_image_rows
-from training.guards import fit, reliability_callbacks
-from training.resume import start_run
 from training.metrics import BatchMean
-from training.perf import ChannelsLast, add_perf_args
-from training.summary import write_summary
-from training.trainer import build_trainer
+from training.runs import reuse_or_train, run_settings
+from training.task import Prepared, run_task
 
 TASK = "segmentation"
 IGNORE = 255
@@ -117,7 +115,6 @@ class SegmentationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         # What prediction (inference/segment.py) needs to preprocess images exactly as in training.
-        checkpoint["task"] = TASK
         checkpoint["preprocessing"] = {"image_size": self.hparams.image_size, "mean": list(self.model.mean),
                                        "std": list(self.model.std)}
 
@@ -146,8 +143,8 @@ def validation_grid():
     return ValidationGrid(sample_rows, "val/predictions (image | truth | prediction)", 4)
 
 
-def write_results(run, module, datamodule, history, checkpoint, test_metrics, args, seconds):
-    """curves.png, predictions.png and summary.json in the run's results folder."""
+def write_results(module, datamodule, args, run, trainer, history, checkpoint, test_metrics):
+    """curves.png and predictions.png in the run's results folder; returns the task's summary fields."""
     hp = module.hparams
     title = f"DeepLabV3-{hp.backbone} ({hp.weights or 'random'} weights), {hp.loss} loss"
     plot_curves(history.history, [("train loss", ["train/loss"]), ("validation IoU", ["val/miou", "val/iou_flower"])],
@@ -155,22 +152,27 @@ def write_results(run, module, datamodule, history, checkpoint, test_metrics, ar
     save_image_rows(sample_rows(module, datamodule, 6), run.results / "predictions.png",
                     f"{title}: validation images after {len(history.history)} epochs")
     best_miou, best_epoch = history.best("val/miou", "max")
-    return write_summary(
-        run.results / "summary.json",
-        task=TASK, run=run.name, loss=hp.loss, backbone=hp.backbone, weights=hp.weights,
+    return dict(
+        loss=hp.loss, backbone=hp.backbone, weights=hp.weights,
         split=args.split, image_size=hp.image_size, batch_size=args.batch_size, lr=hp.lr, seed=args.seed,
-        feature_cache=module.cached, epochs=len(history.history),
+        feature_cache=module.cached,
         best_val_miou=best_miou, best_val_miou_epoch=best_epoch,
         final_val_miou=history.last("val/miou"), final_val_iou_flower=history.last("val/iou_flower"),
         test_miou=test_metrics.get("test/miou"), test_iou_flower=test_metrics.get("test/iou_flower"),
-        test_checkpoint=checkpoint.best_model_path, history=history.history, wall_seconds=round(seconds, 2),
-        resumed_from=getattr(args, "resumed_from", None),
-        data={**datamodule.source, "checksum": datamodule.data_checksum()}, logs=str(run.logs),
+        test_checkpoint=checkpoint.best_model_path,
+        data={**datamodule.source, "checksum": datamodule.data_checksum()},
     )
 
 
-def train(args):
-    """Fine-tune as the flags say, evaluate the best checkpoint on the test split; returns the summary."""
+def data_settings(datamodule, args):
+    """What of the data decides a run's numbers: the images and masks read (checksum: as resized, with
+    the unlabelled rule applied, in split order), the split and the augmentation."""
+    return {"checksum": datamodule.data_checksum(), "split": {"k": args.split, **datamodule.split_info},
+            "image_size": args.image_size, "unlabelled": args.unlabelled, "augment": args.augment}
+
+
+def prepare(args):
+    """The seeded module (frozen DeepLabV3 + new last layer), the DataModule (data found, split) and the settings."""
     if args.image_size < MIN_IMAGE_SIZE:
         raise UsageError(f"--image-size {args.image_size} is too small for DeepLabV3; use at least {MIN_IMAGE_SIZE}")
     pl.seed_everything(args.seed, workers=True)
@@ -182,20 +184,25 @@ def train(args):
                           seed=args.seed, augment=args.augment, mean=module.model.mean, std=module.model.std)
     datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
     datamodule.setup("fit")
-    run, resume_from = start_run(TASK, f"{args.loss}-{args.backbone}", args, module.hparams)
-    trainer, history, checkpoint = build_trainer(run, args.epochs, "val/miou", "max", trainer_flags(args),
-                                                 callbacks=[validation_grid(), ChannelsLast(args.channels_last),
-                                                            *reliability_callbacks(TASK, run, args)])
-    start = time.perf_counter()
-    fit(trainer, module, datamodule, resume_from, TASK, args)
-    seconds = time.perf_counter() - start
-    test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False, weights_only=True)[0]
-    if not trainer.is_global_zero:
-        return None
-    summary = write_results(run, module, datamodule, history, checkpoint, test_metrics, args, seconds)
-    print(f"best val mIoU {summary['best_val_miou']:.4f} at epoch {summary['best_val_miou_epoch'] + 1}; "
-          f"test mIoU {summary['test_miou']:.4f}; results in {run.results}, TensorBoard logs in {run.logs}")
-    return summary
+    return Prepared(module, datamodule, run_settings(TASK, args, module.hparams, data_settings(datamodule, args)))
+
+
+def train(args, prepared=None):
+    """Fine-tune as the flags say, evaluate the best checkpoint on the test split; returns the summary."""
+    prepared = prepared or prepare(args)
+    return run_task(TASK, args, prepared, prefix=f"{args.loss}-{args.backbone}", monitor="val/miou", mode="max",
+                    callbacks=[validation_grid()], test=True, headline=headline,
+                    results=partial(write_results, prepared.module, prepared.datamodule, args))
+
+
+def headline(s):
+    return (f"best val mIoU {s['best_val_miou']:.4f} at epoch {s['best_val_miou_epoch'] + 1}; "
+            f"test mIoU {s['test_miou']:.4f}")
+
+
+def train_or_reuse(args, log=print):
+    """(summary, trained): a finished run with these settings, or one trained now (report)."""
+    return reuse_or_train(TASK, prepare, train, args, log)
 
 
 def build_parser():

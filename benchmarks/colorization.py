@@ -30,7 +30,6 @@ images/s time `model(x)` plus the per-pixel argmax in eval mode without gradient
 """
 import argparse
 import contextlib
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -45,9 +44,9 @@ from pytorch_lightning import Callback  # noqa: E402
 from colorization import ColorizationModule, validation_grid  # noqa: E402
 from data.cifar import CIFARHorses  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
-from training.perf import ChannelsLast  # noqa: E402
-from training.runs import RUN_ENV, create_run  # noqa: E402
-from training.trainer import build_trainer  # noqa: E402
+from training.callbacks import ChannelsLast  # noqa: E402
+from training.runs import create_run  # noqa: E402
+from training.task import build_trainer  # noqa: E402
 
 TARGET = 1.15
 LR = 1e-3
@@ -109,7 +108,6 @@ def interleaved_run(name, dm, data, args, device, epochs, work):
     module = ColorizationModule(model=name, num_colours=dm.num_colours, num_filters=args.num_filters, lr=LR,
                                 optimizer="adamw")
     run = create_run("colorization", name, work / "results", work / "logs")
-    os.environ.pop(RUN_ENV, None)  # that variable is for DDP children; each run here is a new run
     timer = Interleave(bare, device)
     flags = dict(accelerator=args.accelerator, devices=1, precision=args.precision)
     limits = dict(limit_train_batches=args.train_batches, limit_val_batches=args.val_batches) if args.quick else {}

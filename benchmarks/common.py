@@ -31,7 +31,7 @@ def machine(device):
     import pytorch_lightning
     import torch
 
-    from training.machine import cpu_model
+    from training.files import cpu_model
 
     facts = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
              "torch": torch.__version__, "pytorch_lightning": pytorch_lightning.__version__,

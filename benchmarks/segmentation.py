@@ -42,9 +42,9 @@ from pytorch_lightning import Callback  # noqa: E402
 
 from data.oxford17 import Oxford17  # noqa: E402
 from segmentation import SegmentationModule, validation_grid  # noqa: E402
-from training.perf import ChannelsLast  # noqa: E402
-from training.runs import RUN_ENV, create_run  # noqa: E402
-from training.trainer import build_trainer  # noqa: E402
+from training.callbacks import ChannelsLast  # noqa: E402
+from training.runs import create_run  # noqa: E402
+from training.task import build_trainer  # noqa: E402
 
 EPOCH_TARGET, RUN_TARGET = 50.0, 8.0
 CLASSES = 17
@@ -105,7 +105,6 @@ def fit(args, data_dir, device, work, cached, epochs, limits=None):
     dm.prepare_data()
     dm.setup("fit")
     run = create_run("segmentation", "bench", work / "results", work / "logs")
-    os.environ.pop(RUN_ENV, None)  # that variable is for DDP children; each fit here is a new run
     timeline = Timeline(device)
     flags = dict(accelerator=args.accelerator, devices=1, precision=args.precision)
     trainer, _, _ = build_trainer(run, epochs, "val/miou", "max", flags,

@@ -18,12 +18,13 @@ import torch
 
 from color.decode import DEFAULT_TEMPERATURE, decode
 from color.palette import check_palette, load_palette
-from inference.checkpoints import check_checkpoint, load_checkpoint, model_state, resolve_checkpoint
 from inference.cli import for_each_image, pick_device, raise_if_failed
 from inference.images import crop_to, load_image, pad_to_multiple
 from inference.outputs import FIGURE_MAX_ROWS, UniqueNames, output_folder, save_png, save_side_by_side, thumbnail, to_uint8
 from models import build_model
 from errors import UserError
+from training.checkpoints import load_checkpoint, model_state
+from training.runs import find_checkpoint
 from training.files import atomic_write_json
 
 TASK = "colorization"
@@ -31,8 +32,7 @@ TASK = "colorization"
 
 def load_colorizer(path, model_name=None, results_dir="results", palette=None):
     """(model in eval mode, palette (K, 3), where the palette came from, hyper-parameters) of a checkpoint."""
-    checkpoint = load_checkpoint(path)
-    check_checkpoint(checkpoint, path, TASK, model_name)
+    checkpoint = load_checkpoint(path, TASK, model_name)
     hp = checkpoint["hyper_parameters"]
     try:
         model = build_model(hp["model"], kernel=hp["kernel"], num_in_channels=hp.get("num_in_channels", 1),
@@ -91,14 +91,14 @@ def colorize(model, grey, palette, method="argmax", temperature=DEFAULT_TEMPERAT
 def predict(args):
     """Colourise every --predict image; raises UserError (exit 1) at the end if any failed."""
     device = pick_device(args.accelerator)
-    resolved = resolve_checkpoint(args.checkpoint or "best", TASK, args.results_dir, args.logs_dir, args.model)
-    model, palette, palette_source, hp = load_colorizer(resolved.path, args.model, args.results_dir, args.palette)
+    checkpoint_path, how = find_checkpoint(args.checkpoint or "best", TASK, args.results_dir, args.logs_dir, args.model)
+    model, palette, palette_source, hp = load_colorizer(checkpoint_path, args.model, args.results_dir, args.palette)
     model.to(device)
     method = args.decode or "argmax"
     temperature = args.temperature or DEFAULT_TEMPERATURE
     decoding = f"annealed mean, T={temperature:g}" if method == "annealed" else "argmax"
     out = output_folder(args.out, args.results_dir, TASK, hp["model"])
-    print(f"{hp['model']} from {resolved.path} ({resolved.how}); decoding: {decoding}; writing to {out}")
+    print(f"{hp['model']} from {checkpoint_path} ({how}); decoding: {decoding}; writing to {out}")
     names, rows = UniqueNames(), []
 
     def one(path):
@@ -114,9 +114,9 @@ def predict(args):
     done, failed = for_each_image(args.predict, one)
     if rows:
         save_side_by_side(rows, ["greyscale input", f"prediction ({decoding})", "original"], out / "predictions.png",
-                          f"{hp['model']} ({resolved.how}): {len(done)} images", total=len(done))
+                          f"{hp['model']} ({how}): {len(done)} images", total=len(done))
     atomic_write_json(out / "predictions.json", {
-        "task": TASK, "checkpoint": str(resolved.path), "checkpoint_choice": resolved.how, "model": hp["model"],
+        "task": TASK, "checkpoint": str(checkpoint_path), "checkpoint_choice": how, "model": hp["model"],
         "hyperparameters": hp, "palette": palette_source, "decode": method,
         "temperature": temperature if method == "annealed" else None,
         "images": done, "failed": [{"input": p, "error": e} for p, e in failed],

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inference.checkpoints import check_checkpoint, load_checkpoint, model_state, resolve_checkpoint
 from inference.cli import for_each_image, pick_device, raise_if_failed
 from inference.images import load_image
 from inference.outputs import UniqueNames, output_folder, save_png
 from models.deeplabv3 import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, build_deeplabv3
 from errors import UserError
+from training.checkpoints import load_checkpoint, model_state
+from training.runs import find_checkpoint
 from training.files import atomic_write_json, atomic_write_text
 
 TASK = "segmentation"
@@ -51,8 +52,7 @@ def preprocessing(checkpoint):
 
 def load_segmenter(path):
     """(model in eval mode, preprocessing dict, hyper-parameters) of a segmentation checkpoint."""
-    checkpoint = load_checkpoint(path)
-    check_checkpoint(checkpoint, path, TASK)
+    checkpoint = load_checkpoint(path, TASK)
     hp = checkpoint["hyper_parameters"]
     try:
         with warnings.catch_warnings():  # the "randomly initialised" warning: the weights are loaded next
@@ -90,11 +90,11 @@ def overlay(rgb8, mask):
 def predict(args):
     """Segment every --predict image; raises UserError (exit 1) at the end if any failed."""
     device = pick_device(args.accelerator)
-    resolved = resolve_checkpoint(args.checkpoint or "best", TASK, args.results_dir, args.logs_dir)
-    model, prep, hp = load_segmenter(resolved.path)
+    checkpoint_path, how = find_checkpoint(args.checkpoint or "best", TASK, args.results_dir, args.logs_dir)
+    model, prep, hp = load_segmenter(checkpoint_path)
     model.to(device)
     out = output_folder(args.out, args.results_dir, TASK, f"{hp.get('loss')}-{hp['backbone']}")
-    print(f"DeepLabV3-{hp['backbone']} ({hp.get('loss')} loss) from {resolved.path} ({resolved.how}); "
+    print(f"DeepLabV3-{hp['backbone']} ({hp.get('loss')} loss) from {checkpoint_path} ({how}); "
           f"images resized to {prep['image_size']} px for the model; writing to {out}")
     names = UniqueNames()
 
@@ -112,7 +112,7 @@ def predict(args):
 
     done, failed = for_each_image(args.predict, one)
     atomic_write_json(out / "predictions.json", {
-        "task": TASK, "checkpoint": str(resolved.path), "checkpoint_choice": resolved.how,
+        "task": TASK, "checkpoint": str(checkpoint_path), "checkpoint_choice": how,
         "hyperparameters": hp, "preprocessing": prep,
         "images": done, "failed": [{"input": p, "error": e} for p, e in failed],
     })

@@ -69,3 +69,12 @@ class ColourNet(nn.Module):
     def extra_repr(self) -> str:
         return (f"kernel={self.kernel}, num_in_channels={self.num_in_channels}, "
                 f"num_filters={self.num_filters}, num_colours={self.num_colours}")
+
+
+def down_down_up(num_in_channels: int, num_filters: int, kernel: int):
+    """Blocks 1-3 of ConvTransposeNet and UNet: two stride-2 convs halve H twice, a transposed conv
+    doubles it once: (N, NIC, H, W) -> (N, NF, H/2, W/2) through NF and 2 NF channels."""
+    nic, nf, k = num_in_channels, num_filters, kernel
+    return (conv_block(down_conv(nic, nf, k), nf),  # H -> H/2
+            conv_block(down_conv(nf, 2 * nf, k), 2 * nf),  # -> H/4
+            conv_block(up_conv(2 * nf, nf, k), nf))  # -> H/2

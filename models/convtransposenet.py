@@ -2,7 +2,7 @@
 
 import torch
 
-from models.blocks import ColourNet, conv_block, down_conv, up_conv
+from models.blocks import ColourNet, conv_block, down_down_up, up_conv
 from models.padding import SameConv2d
 
 
@@ -13,9 +13,7 @@ class ConvTransposeNet(ColourNet):
                  num_colours: int = 24):
         super().__init__(kernel, num_in_channels, num_filters, num_colours)
         k, nic, nf, nc = kernel, num_in_channels, num_filters, num_colours
-        self.block1 = conv_block(down_conv(nic, nf, k), nf)  # H -> H/2
-        self.block2 = conv_block(down_conv(nf, 2 * nf, k), 2 * nf)  # -> H/4
-        self.block3 = conv_block(up_conv(2 * nf, nf, k), nf)  # -> H/2
+        self.block1, self.block2, self.block3 = down_down_up(nic, nf, k)  # H -> H/2 -> H/4 -> H/2
         self.block4 = conv_block(up_conv(nf, nc, k), nc)  # -> H
         self.block5 = SameConv2d(nc, nc, k)
 

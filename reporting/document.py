@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from reporting.markdown import table
-from training.machine import machine_text, read_machine
+from training.files import machine_text, read_machine
 
 
 def f3(x):

@@ -6,19 +6,17 @@ from pathlib import Path
 
 import torch
 
-from training.resume import RESUME_ENV
-from training.runs import RUN_ENV
+from training.runs import HANDOFF_ENV
 
 
 def run_main(main, argv, capsys=None):
     """(exit code, stdout, stderr) of `main(argv)`; argparse's SystemExit becomes its code.
 
-    Clears the run-folder environment variables that a CLI sets for its DDP children (in one process
-    they would make the next call reuse a folder), and restores the deterministic-algorithms switch
+    Clears the run-folder hand-off that a CLI sets for its DDP children (should a run fail before
+    clearing it, the next call would reuse its folder), and restores the deterministic-algorithms switch
     that `--deterministic` turns on for the whole process.
     """
-    for name in (RUN_ENV, RESUME_ENV):
-        os.environ.pop(name, None)
+    os.environ.pop(HANDOFF_ENV, None)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         code = main([str(a) for a in argv])
@@ -26,8 +24,7 @@ def run_main(main, argv, capsys=None):
         code = e.code
     finally:
         torch.use_deterministic_algorithms(deterministic)
-        for name in (RUN_ENV, RESUME_ENV):
-            os.environ.pop(name, None)
+        os.environ.pop(HANDOFF_ENV, None)
     out, err = capsys.readouterr() if capsys is not None else ("", "")
     return code, out, err
 

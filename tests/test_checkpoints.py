@@ -3,7 +3,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from training.checkpoints import LastEveryEpoch
+from training.callbacks import LastEveryEpoch
 
 
 class Constant(pl.LightningModule):

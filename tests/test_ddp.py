@@ -19,6 +19,7 @@ import torch
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
+from training.checkpoints import load_module
 
 pytestmark = pytest.mark.slow
 DDP = ("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp")
@@ -67,11 +68,11 @@ def test_colorization_ddp_two_processes(tmp_path):
                      *DDP)
     assert out.count("best val loss") == 1  # only rank 0 reports
     results, logs = only_run(tmp_path, "colorization")
-    assert sorted(p.name for p in results.iterdir()) == ["curves.png", "samples.png", "summary.json"]
+    assert sorted(p.name for p in results.iterdir()) == ["curves.png", "machine.json", "samples.png", "summary.json"]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["data"]["val"] == 11
 
-    module = ColorizationModule.load_from_checkpoint(logs / "checkpoints" / "last.ckpt", map_location="cpu")
+    module = load_module(ColorizationModule, logs / "checkpoints" / "last.ckpt", "colorization")
     dm = CIFARHorses(data, batch_size=4, download=False)
     single = validate_once(module, dm)
     assert abs(single["val/loss"] - summary["final_val_loss"]) < 1e-5, (single, summary["final_val_loss"])
@@ -90,12 +91,12 @@ def test_segmentation_ddp_two_processes(tmp_path):
                      "--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "logs", *DDP)
     assert out.count("best val mIoU") == 1
     results, logs = only_run(tmp_path, "segmentation")
-    assert sorted(p.name for p in results.iterdir()) == ["curves.png", "predictions.png", "summary.json"]
+    assert sorted(p.name for p in results.iterdir()) == ["curves.png", "machine.json", "predictions.png", "summary.json"]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["feature_cache"] is True and summary["epochs"] == 1
     final = summary["history"][-1]
 
-    module = SegmentationModule.load_from_checkpoint(logs / "checkpoints" / "last.ckpt", map_location="cpu")
+    module = load_module(SegmentationModule, logs / "checkpoints" / "last.ckpt", "segmentation")
     dm = Oxford17(data, image_size=64, batch_size=4, download=False, mean=module.model.mean, std=module.model.std)
     dm.setup("fit")
     assert len(dm.val_set) == 9

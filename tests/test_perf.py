@@ -9,8 +9,7 @@ from torch import nn
 
 from colorization import pixel_classes
 from training.metrics import BatchMean
-from training.perf import ChannelsLast
-from training.progress import ThrottledProgressBar
+from training.callbacks import ChannelsLast, ThrottledProgressBar
 
 
 def test_progress_bar_redraws_by_the_clock_and_on_the_last_batch():

@@ -17,24 +17,20 @@ from PIL import Image
 
 import colorization
 import segmentation
-from inference.checkpoints import resolve_checkpoint
+from training.checkpoints import STAMP
+from training.runs import find_checkpoint
 from inference.images import crop_to, load_image, pad_to_multiple
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
 from errors import UserError
-from training.runs import RUN_ENV
 
 ODD_SIZES = {"rgb": (37, 23), "rgba": (50, 61), "grey": (3, 5), "grey16": (37, 23), "palette": (29, 30)}
 
 
 def _train(main, argv):
-    """Train in process through the CLI's main; create_run remembers the run name in the
-    environment (for DDP children), which must not leak into the next run of this process."""
-    try:
-        assert main(argv) == 0
-    finally:
-        os.environ.pop(RUN_ENV, None)
+    """Train in process through the CLI's main."""
+    assert main(argv) == 0
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +146,9 @@ def test_colorize_images_of_any_size_and_mode(colour_run, images, capsys):
 def test_checkpoint_stores_the_training_palette(colour_run):
     from color.palette import load_palette
 
-    path = resolve_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet").path
+    path = find_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet")[0]
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    assert checkpoint["task"] == "colorization"
+    assert checkpoint[STAMP]["task"] == "colorization"
     assert torch.equal(torch.tensor(checkpoint["palette"]), load_palette())
 
 
@@ -160,7 +156,7 @@ def test_old_checkpoints_without_a_palette_use_their_runs_or_the_given_one(colou
     from color.palette import load_palette
     from inference.colorize import checkpoint_palette
 
-    path = resolve_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet").path
+    path = find_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet")[0]
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert checkpoint_palette(checkpoint, path, colour_run / "results")[1] == "stored in the checkpoint"
     del checkpoint["palette"]
@@ -213,13 +209,13 @@ def test_partial_failure_exits_1_and_writes_the_good_images(colour_run, images, 
 
 
 def test_checkpoint_of_another_model_or_task_is_refused(colour_run, images, capsys):
-    unet = resolve_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet").path
+    unet = find_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet")[0]
     argv = ["--predict", str(images / "rgb.jpg"), "--checkpoint", str(unet), "--out", str(colour_run / "x")]
     assert colorization.main(["PoolUpsampleNet", *argv]) == 1
     assert "checkpoint of UNet, not of PoolUpsampleNet" in capsys.readouterr().err
     assert segmentation.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "colorization checkpoint" in err[0] and "not a segmentation one" in err[0]
+    assert len(err) == 1 and "a colorization checkpoint (UNet), but this is segmentation.py" in err[0]
     assert not (colour_run / "x").exists()
 
 
@@ -242,7 +238,8 @@ def _fake_run(root, name, model, age, finished=True, task="colorization"):
     results = root / "results" / task / name
     results.mkdir(parents=True)
     if finished:
-        (results / "summary.json").write_text(json.dumps({"task": task, "model": model}))
+        (results / "summary.json").write_text(json.dumps({"task": task, "model": model, "settings": {
+            "task": task, "hyperparameters": {"model": model}}}))
         stamp = time.time() - age
         os.utime(results / "summary.json", (stamp, stamp))
     return logs
@@ -256,7 +253,7 @@ def test_best_and_last_come_from_the_newest_finished_run(tmp_path):
     (tmp_path / "results" / "colorization" / "predict").mkdir()  # prediction folders are not runs
 
     def resolve(spec, model):
-        return resolve_checkpoint(spec, "colorization", tmp_path / "results", tmp_path / "logs", model).path
+        return find_checkpoint(spec, "colorization", tmp_path / "results", tmp_path / "logs", model)[0]
 
     assert resolve("best", "UNet") == new_unet / "best-epoch003.ckpt"
     assert resolve("last", "UNet") == new_unet / "last.ckpt"
@@ -335,11 +332,11 @@ def test_mask_is_made_at_training_size_and_resized_back_nearest():
 def test_model_and_preprocessing_come_from_the_checkpoint(flower_run):
     from inference.segment import load_segmenter
 
-    best, last = (resolve_checkpoint(s, "segmentation", flower_run / "results", flower_run / "logs").path
+    best, last = (find_checkpoint(s, "segmentation", flower_run / "results", flower_run / "logs")[0]
                   for s in ("best", "last"))
     assert best.name.startswith("best-") and last.name == "last.ckpt" and best.parent == last.parent
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-    assert checkpoint["task"] == "segmentation" and checkpoint["preprocessing"]["image_size"] == 64
+    assert checkpoint[STAMP]["task"] == "segmentation" and checkpoint["preprocessing"]["image_size"] == 64
     model, prep, hp = load_segmenter(last)
     assert prep == checkpoint["preprocessing"] and hp["backbone"] == model.backbone_name == "mobilenet_v3_large"
     trained = checkpoint["state_dict"]["model.model.classifier.4.weight"]
@@ -348,11 +345,11 @@ def test_model_and_preprocessing_come_from_the_checkpoint(flower_run):
 
 @pytest.mark.slow
 def test_segmentation_checkpoint_in_colorization_is_refused(flower_run, images, capsys):
-    path = resolve_checkpoint("last", "segmentation", flower_run / "results", flower_run / "logs").path
+    path = find_checkpoint("last", "segmentation", flower_run / "results", flower_run / "logs")[0]
     assert colorization.main(["--predict", str(images / "rgb.jpg"), "--checkpoint", str(path),
                               *dirs(flower_run)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "segmentation checkpoint, not a colorization one" in err[0]
+    assert len(err) == 1 and "a segmentation checkpoint, but this is colorization.py" in err[0]
 
 
 @pytest.mark.slow

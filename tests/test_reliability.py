@@ -207,7 +207,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(world, capsys
 
 
 def test_guard_on_an_accelerator_reads_the_flag_every_n_steps_but_names_the_first_bad_step():
-    from training.guards import FiniteLossGuard, NonFiniteLoss
+    from training.callbacks import FiniteLossGuard, NonFiniteLoss
 
     class FakeTrainer:
         global_step, current_epoch, checkpoint_callback = 0, 4, None
@@ -227,9 +227,8 @@ def test_guard_on_an_accelerator_reads_the_flag_every_n_steps_but_names_the_firs
 def _claim(barrier, results, logs, queue):
     import os
 
-    from training.runs import RUN_ENV, create_run
+    from training.runs import create_run
 
-    os.environ.pop(RUN_ENV, None)
     barrier.wait()  # both processes call create_run at the same moment
     queue.put(create_run("colorization", "UNet", results, logs, "same").name)
 

@@ -16,12 +16,12 @@ import torch
 
 import colorization
 import segmentation
-from tests.clirun import error_lines, run_main, summary
+from tests.clirun import error_lines, run_main, snapshot, summary
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
 from tests.tb import read_scalars
-from training.resume import STAMP
+from training.checkpoints import STAMP
 
 COLOR = ["UNet", "--num-filters", 8, "--batch-size", 16, "--accelerator", "cpu", "--deterministic", "--seed", 3]
 SEG = ["--loss", "ce", "--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", 64,
@@ -124,7 +124,7 @@ def test_resume_file_that_is_not_a_checkpoint(tmp_path, capsys, cifar_dir, conte
     bad.write_bytes(content)
     code, _, err = run_main(colorization.main, [*COLOR, "--data-dir", cifar_dir, "--resume", bad,
                                                 "--results-dir", tmp_path / "r", "--logs-dir", tmp_path / "l"], capsys)
-    _one_line_error(code, err, 1, "bad.ckpt", "not a readable training checkpoint")
+    _one_line_error(code, err, 1, "bad.ckpt", "not a checkpoint written by colorization.py or segmentation.py")
 
 
 def test_resume_checkpoint_of_the_other_task_names_the_right_program(tmp_path, capsys, cifar_dir):
@@ -149,7 +149,7 @@ def test_resume_checkpoint_that_unpickles_code_is_refused_without_running_it(tmp
     torch.save({"state_dict": {}, "loops": {}, "payload": Payload(marker)}, tmp_path / "evil.ckpt")
     code, _, err = run_main(colorization.main, [*COLOR, "--data-dir", cifar_dir, "--resume", tmp_path / "evil.ckpt",
                                                 "--results-dir", tmp_path / "r", "--logs-dir", tmp_path / "l"], capsys)
-    _one_line_error(code, err, 1, "evil.ckpt", "not a readable training checkpoint")
+    _one_line_error(code, err, 1, "evil.ckpt", "not a checkpoint written by colorization.py or segmentation.py")
     assert not marker.exists()
 
 
@@ -241,7 +241,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from training.resume import RNGState
+    from training.callbacks import RNGState
 
     torch.manual_seed(1), np.random.seed(1), random.seed(1)
     torch.save({"rng": RNGState().state_dict()}, tmp_path / "rng.ckpt")
@@ -250,3 +250,24 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     RNGState().load_state_dict(torch.load(tmp_path / "rng.ckpt", weights_only=True)["rng"])
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_resume_on_other_data_is_refused_with_one_line(tmp_path, capsys):
+    """The data checksum is a setting: a run cannot be continued on images it was not trained on."""
+    first, other = write_cifar_folder(tmp_path / "a", seed=0), write_cifar_folder(tmp_path / "b", seed=1)
+    out = ["--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "logs"]
+    code, _, err = run_main(colorization.main, [*COLOR, *out, "--epochs", 1, "--data-dir", tmp_path / "a"], capsys)
+    assert code == 0, err[-3000:]
+    before = snapshot(tmp_path / "results", tmp_path / "logs")
+    last = next((tmp_path / "logs" / "colorization").glob("*/checkpoints/last.ckpt"))
+    for spec in (last, "last"):
+        code, _, err = run_main(colorization.main, [*COLOR, *out, "--epochs", 2, "--data-dir", tmp_path / "b",
+                                                    "--resume", spec], capsys)
+        lines = error_lines(err)
+        assert code == 1 and len(lines) == 1, err[-2000:]
+        if spec == "last":  # no run with these settings (the data differs): nothing to resume
+            assert "no checkpoint of a colorization run with these settings" in lines[0], lines
+        else:
+            assert "trained on other data (data.checksum:" in lines[0], lines
+    assert snapshot(tmp_path / "results", tmp_path / "logs") == before  # nothing written, nothing lost
+    assert first != other

@@ -8,8 +8,9 @@ from PIL import Image
 
 import colorization
 from colorization_sweep import CSV_COLUMNS, sweep_folder
+from tests.clirun import error_lines, run_main
 from tests.fixtures.cifar import write_cifar_folder
-from training.finished import find_finished
+from training.runs import differences, finished_runs
 
 
 def valid_png(path):
@@ -108,15 +109,57 @@ def write_summary(results, name, mtime, **fields):
     return folder
 
 
-def test_find_finished_matches_values_floats_predicates_and_takes_the_newest(tmp_path):
-    write_summary(tmp_path, "a", 1000, epochs=25, hyperparameters={"lr": 0.001}, data={"folder": "/d"})
-    newest = write_summary(tmp_path, "b", 2000, epochs=25, hyperparameters={"lr": 1e-3}, data={"folder": "/d"})
-    write_summary(tmp_path, "c", 3000, epochs=24, hyperparameters={"lr": 1e-3}, data={"folder": "/d"})
+SETTINGS = {"task": "colorization", "hyperparameters": {"model": "UNet", "lr": 0.001, "rebalance": None},
+            "epochs": 25, "data": {"checksum": "abc", "split": [1, 2]}}
+
+
+def test_finished_runs_match_every_setting_and_take_the_newest(tmp_path):
+    write_summary(tmp_path, "a", 1000, settings=SETTINGS)
+    newest = write_summary(tmp_path, "b", 2000, settings={**SETTINGS, "hyperparameters": {
+        "model": "UNet", "lr": 1e-3 * (1 + 1e-12), "rebalance": None}})  # equal floats up to rounding
+    write_summary(tmp_path, "c", 3000, settings={**SETTINGS, "epochs": 24})
+    write_summary(tmp_path, "e", 4000, settings={**SETTINGS, "data": {"checksum": "other", "split": [1, 2]}})
+    write_summary(tmp_path, "f", 5000, settings={**SETTINGS, "extra": 1})  # a setting the request lacks
+    write_summary(tmp_path, "g", 6000, epochs=25, hyperparameters=SETTINGS["hyperparameters"])  # no settings
     (tmp_path / "colorization" / "d").mkdir()
     (tmp_path / "colorization" / "d" / "summary.json").write_text("{truncated")
-    wanted = {"epochs": 25, "hyperparameters.lr": 0.001, "data.folder": lambda f: f == "/d"}
-    assert find_finished(tmp_path, "colorization", wanted)[0] == newest
-    assert find_finished(tmp_path, "colorization", {**wanted, "epochs": 10}) is None
-    assert find_finished(tmp_path, "colorization", {**wanted, "hyperparameters.lr": 0.002}) is None
-    assert find_finished(tmp_path, "colorization", {**wanted, "seed": 0}) is None  # key absent: no match
-    assert find_finished(tmp_path / "nowhere", "colorization", wanted) is None
+    assert [f.name for f, _ in finished_runs(tmp_path, "colorization", SETTINGS)] == ["b", "a"]
+    assert finished_runs(tmp_path, "colorization", {**SETTINGS, "epochs": 10}) == []
+    assert finished_runs(tmp_path / "nowhere", "colorization", SETTINGS) == []
+    # partial: only the keys asked for (predict's --checkpoint best|last gives the task and the model)
+    wanted = {"task": "colorization", "hyperparameters": {"model": "UNet"}}
+    assert [f.name for f, _ in finished_runs(tmp_path, "colorization", wanted, partial=True)] == ["f", "e", "c", "b", "a"]
+    assert newest.name == "b"
+
+
+def test_differences_name_each_changed_setting():
+    assert differences(SETTINGS, SETTINGS) == []
+    changed = differences(SETTINGS, {**SETTINGS, "data": {"checksum": "new", "split": [1, 2]}, "epochs": 3})
+    assert changed == ["data.checksum: 'abc' -> 'new'", "epochs: 25 -> 3"]
+    assert differences(SETTINGS, {**SETTINGS, "epochs": 3}, ignore=("epochs",)) == []
+    assert differences(SETTINGS, {**SETTINGS, "data": {"checksum": "abc"}}, ignore=("epochs",)) == [
+        "data.split: [1, 2] -> '(not given)'"]
+    assert differences(None, {"task": "colorization"}) == ["task: '(not recorded)' -> 'colorization'"]
+    assert differences({"a": (1, 2)}, {"a": [1, 2]}) == []  # tuples from a module, lists from JSON
+    assert differences({"a": 1}, {"a": True}) != []  # booleans are not numbers here
+
+
+@pytest.mark.parametrize("flags", [["--devices", "2"], ["--devices", "0,1"], ["--devices", "-1"], ["--num-nodes", "2"]])
+def test_sweep_refuses_several_processes_with_one_line(tmp_path, capsys, flags):
+    """Each DDP rank would have to walk the same runs in step: refused before anything is written."""
+    code, _, err = run_main(colorization.main, ["ConvTransposeNet", "--batch-sizes", 2, 4, *flags,
+                                                "--data-dir", tmp_path / "none", "--results-dir", tmp_path / "r",
+                                                "--logs-dir", tmp_path / "l"], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "--batch-sizes runs one process at a time" in lines[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_refuses_to_run_under_torchrun(tmp_path, capsys, monkeypatch):
+    import report
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_main(report.main, ["--results-dir", tmp_path / "r", "--logs-dir", tmp_path / "l"], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and "not torchrun" in lines[0], err
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,7 @@
 """Command-line plumbing shared by colorization.py and segmentation.py.
 
 - `add_run_args`: the flags every training run has (epochs, batch size, folders, seed, ...);
+- `add_perf_args`: `--channels-last`;
 - `add_trainer_args` / `trainer_flags`: Lightning Trainer flags passed straight through, so multi-GPU
   and multi-node runs use Lightning's own DDP (`--strategy ddp --devices N --num-nodes M`);
 - `run_main`: turns a `UserError` into one line on stderr and an exit code, without a traceback
@@ -80,6 +81,23 @@ def add_trainer_args(parser):
     return parser
 
 
+def add_perf_args(parser):
+    g = parser.add_argument_group("speed")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last (NHWC) memory format for the model; default: on for CUDA, off otherwise")
+    return parser
+
+
+def several_processes(args):
+    """True when the Trainer flags (or torchrun / srun) ask for more than one process."""
+    import os
+
+    devices = args.devices
+    many = (devices == -1 or (isinstance(devices, int) and devices > 1)
+            or (isinstance(devices, str) and "," in devices.strip(",")))
+    return many or args.num_nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def trainer_flags(args):
     """The Trainer keyword arguments given on the command line."""
     return dict(
@@ -97,7 +115,7 @@ def quiet_known_warnings():
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
-    # --resume continues in the run's own checkpoint folder on purpose (training/resume.py).
+    # --resume continues in the run's own checkpoint folder on purpose (training/runs.py).
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # DeepLabV3's frozen trunk stays in eval mode on purpose (models/deeplabv3.py).
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")

@@ -12,7 +12,7 @@ from training.files import atomic_save_figure  # noqa: E402
 def plot_curves(history, panels, path, title):
     """One subplot per panel: `panels` is a list of (ylabel, [metric keys]); x is the epoch (1-based).
 
-    `history` is a list of per-epoch dicts (see training.history.EpochHistory).
+    `history` is a list of per-epoch dicts (see training.callbacks.EpochHistory).
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, (ylabel, keys) in zip(axes[0], panels):
