@@ -12,6 +12,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 from torchvision.datasets.utils import calculate_md5
 
 import data.cifar as cifar
+import data.download as download
 from color.palette import load_palette
 from data.cifar import CIFARHorses, ensure_cifar, load_batches
 from tests.fixtures.cifar import (expected_horses, make_images, write_batch, write_cifar_archive,
@@ -307,13 +308,18 @@ def test_read_only_folder_is_read_in_place(tmp_path):
 def test_archive_in_read_only_dir_is_extracted_into_cache(tmp_path, monkeypatch, private_cache):
     archive = write_cifar_archive(tmp_path / "ro")
     # chmod does not stop root, so pretend the data dir cannot be written.
-    real_writable = cifar._writable
-    monkeypatch.setattr(cifar, "_writable", lambda d: d != archive.parent and real_writable(d))
-    with pytest.warns(UserWarning, match="not writable; extracting CIFAR-10 into the cache folder"):
+    real_writable = download.is_writable
+    monkeypatch.setattr(download, "is_writable", lambda d: Path(d) != archive.parent and real_writable(d))
+    with pytest.warns(UserWarning, match="not writable; extracting cifar-10-python.tar.gz into the cache folder"):
         folder = ensure_cifar(tmp_path / "ro", md5=calculate_md5(str(archive)))
-    assert folder == (private_cache / "cifar-10-batches-py").resolve()
+    assert folder.parent.parent == private_cache and folder.name == "cifar-10-batches-py"
+    assert folder.parent.name.startswith("ro-")  # the cache folder of this data folder
     assert sorted(p.name for p in archive.parent.iterdir()) == [cifar.CIFAR_ARCHIVE]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(cifar.OFFICIAL_MD5)
     assert ensure_cifar(tmp_path / "ro", download=False) == folder  # found in the cache next time
+    # another read-only folder has a cache of its own: it does not see this one's extraction
+    with pytest.raises(DataError, match="downloading is off"):
+        ensure_cifar(tmp_path / "other-ro", download=False)
 
 
 # ----------------------------------------------------------------------------- the real data
