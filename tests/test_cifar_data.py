@@ -83,6 +83,38 @@ def test_damaged_batch_raises_data_error_naming_it(tmp_path, damage):
         assert "truncated or not a CIFAR-10 python batch" in str(info.value) and cifar.CIFAR_URL in str(info.value)
 
 
+class _RunsCode:
+    """Unpickling this calls `function(argument)`: what a malicious 'batch' would do."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.exec", "inside a batch"])
+def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, kind):
+    marker = tmp_path / "ran"
+    folder = write_cifar_folder(tmp_path)
+    path = folder / "data_batch_2"
+    if kind == "os.system":
+        payload = _RunsCode(os.system, f"touch {marker}")
+    elif kind == "builtins.exec":
+        payload = _RunsCode(exec, f"open({str(marker)!r}, 'w').close()")
+    else:  # a batch-shaped dict whose labels hide the call
+        payload = {b"data": np.zeros((2, 3072), np.uint8), b"labels": _RunsCode(exec, f"open({str(marker)!r}, 'w')")}
+    path.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(DataError) as info:
+        load_batches(folder, cifar.TRAIN_BATCHES)
+    message = str(info.value)
+    assert not marker.exists()  # the code did not run
+    assert "\n" not in message and message.startswith(f"{path} is not a CIFAR-10 python batch: it asks to load ")
+    named = {"posix.system", "os.system"} if kind == "os.system" else {"__builtin__.exec", "builtins.exec"}
+    assert any(f"load {name}," in message for name in named), message
+    assert "refused" in message
+
+
 def test_truncated_batch_fails_setup_too(tmp_path):
     folder = write_cifar_folder(tmp_path)
     (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes()[:1000])
@@ -328,9 +360,18 @@ def test_archive_in_read_only_dir_is_extracted_into_cache(tmp_path, monkeypatch,
 def test_real_cifar10_horses():
     if not (REAL / "cifar-10-batches-py").is_dir():
         pytest.skip(f"{REAL} absent")
+    folder = REAL / "cifar-10-batches-py"
+    differ = [name for name, md5 in cifar.OFFICIAL_MD5.items() if calculate_md5(str(folder / name)) != md5]
     dm = CIFARHorses(REAL, download=False)
-    with pytest.warns(UserWarning, match="7 files differ from the official release"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         dm.setup()
+    unofficial = [str(w.message) for w in caught if "differ from the official release" in str(w.message)]
+    if differ:  # a re-saved copy (this machine's has 7 such files): used, with one warning naming the count
+        assert len(unofficial) == 1 and f"{len(differ)} files differ" in unofficial[0]
+    else:  # the official release: no warning
+        assert unofficial == []
+    assert dm.source["official_md5"] is (not differ) and dm.source["md5_mismatches"] == differ
     assert len(dm.train_set) == 5000 and len(dm.val_set) == 1000
     assert dm.source["folder"] == str((REAL / "cifar-10-batches-py").resolve())
     for grey, target in (dm.train_set.tensors, dm.val_set.tensors):
