@@ -229,6 +229,11 @@ class CIFARHorses(pl.LightningDataModule):
     trains on its shard (shuffled with `seed` + epoch) and validates on a disjoint one.
     """
 
+    # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does
+    # (data/download.py): Lightning calls it on local rank 0 of every node; setup() finds the files
+    # on any rank, and extracts them itself (under the same lock) when no prepare_data ran.
+    prepare_data_per_node = True
+
     def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
                  url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False, seed=0, on_device=True):
         super().__init__()
@@ -248,7 +253,7 @@ class CIFARHorses(pl.LightningDataModule):
         self.train_set = self.val_set = self.val_rgb = self.source = None
 
     def prepare_data(self):
-        """Find, or extract / download, the batch folder (runs once, on one process)."""
+        """Find, or extract / download, the batch folder (one process at a time; the others wait)."""
         ensure_cifar(self.data_dir, self.download, self.url, self.md5)
 
     def setup(self, stage=None):
