@@ -229,14 +229,13 @@ class CIFARHorses(pl.LightningDataModule):
     trains on its shard (shuffled with `seed` + epoch) and validates on a disjoint one.
     """
 
-    # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does
-    # (data/download.py): Lightning calls it on local rank 0 of every node; setup() finds the files
-    # on any rank, and extracts them itself (under the same lock) when no prepare_data ran.
-    prepare_data_per_node = True
-
     def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
                  url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False, seed=0, on_device=True):
         super().__init__()
+        # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does
+        # (data/download.py): Lightning calls it on local rank 0 of every node; setup() finds the files
+        # on any rank, and extracts them itself (under the same lock) when no prepare_data ran.
+        self.prepare_data_per_node = True
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         # the train order of epoch e depends on (seed, e) only: data/sampling.py

@@ -10,8 +10,10 @@ Rules, in one place:
   yes to root on a read-only mount).
 - One process at a time: `prepare_once` holds an exclusive `flock` on a lock file in the folder it
   writes to around find-or-download-and-extract; the first process does the work, the others block
-  and then find it done. So it is safe whoever calls it: Lightning's `prepare_data` (once per node),
-  several ranks started by torchrun / SLURM, or two runs at once on one machine.
+  and then find it done. So it is safe whoever calls it: Lightning's `prepare_data` (once per node:
+  `prepare_data_per_node = True`, since the files go to this machine's data folder or cache), every
+  rank started by torchrun / SLURM calling it by hand, or two runs at once on one machine. (Nodes
+  sharing a data folder over NFS are serialised too where the NFS client supports locks.)
 - Downloads go to `<name>.part`, renamed to `<name>` only when complete (`fetch`); an archive is
   extracted into a temporary folder next to its target and moved in only when complete
   (`extract`): a failure never leaves a file that looks finished.

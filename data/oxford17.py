@@ -227,10 +227,6 @@ class Oxford17(pl.LightningDataModule):
     `split_info`, `source`.
     """
 
-    # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does:
-    # Lightning calls it on local rank 0 of every node; setup() finds the files on any rank.
-    prepare_data_per_node = True
-
     def __init__(
         self,
         data_dir="datasets/oxford17",
@@ -249,6 +245,9 @@ class Oxford17(pl.LightningDataModule):
         checksums: dict | None = None,
     ):
         super().__init__()
+        # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does:
+        # Lightning calls it on local rank 0 of every node; setup() finds the files on any rank.
+        self.prepare_data_per_node = True
         if split not in (1, 2, 3):
             raise UsageError(f"split must be 1, 2 or 3, got {split!r}")
         if unlabelled not in UNLABELLED_CHOICES:
