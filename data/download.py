@@ -86,7 +86,8 @@ def write_root(data_dir: Path, cache: Path, what: str) -> Path:
     if not is_writable(cache):
         raise DataError(f"neither {data_dir} nor the cache {cache} is writable; extract {what} by hand into "
                         f"{data_dir} or set XDG_CACHE_HOME to a writable folder")
-    warnings.warn(f"{data_dir} is not writable; extracting {what} into the cache folder {cache}", stacklevel=3)
+    warnings.warn(f"{data_dir} is not writable; downloading / extracting {what} in the cache folder {cache}",
+                  stacklevel=3)
     return cache
 
 

@@ -342,7 +342,7 @@ def test_archive_in_read_only_dir_is_extracted_into_cache(tmp_path, monkeypatch,
     # chmod does not stop root, so pretend the data dir cannot be written.
     real_writable = download.is_writable
     monkeypatch.setattr(download, "is_writable", lambda d: Path(d) != archive.parent and real_writable(d))
-    with pytest.warns(UserWarning, match="not writable; extracting cifar-10-python.tar.gz into the cache folder"):
+    with pytest.warns(UserWarning, match="not writable; downloading / extracting cifar-10-python.tar.gz in the cache"):
         folder = ensure_cifar(tmp_path / "ro", md5=calculate_md5(str(archive)))
     assert folder.parent.parent == private_cache and folder.name == "cifar-10-batches-py"
     assert folder.parent.name.startswith("ro-")  # the cache folder of this data folder

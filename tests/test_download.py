@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import data.cifar as cifar
-import data.download as download
 import data.oxford17 as ox
 from data.cifar import CIFARHorses
 from data.download import cache_folder, exclusive, is_writable, prepare_once
