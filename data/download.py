@@ -184,9 +184,13 @@ def extract(archive: Path, out_dir: Path, member: str, complete: Callable[[Path]
     hold before anything is moved in. A new `member` folder appears in one rename; into an existing
     one the files are moved one by one (each complete). A corrupt archive or a missing member is a
     DataError naming the archive and ending with `hint` (what to do); nothing is left half-written.
+    Call it holding the lock (`prepare_once`, `exclusive`): temporary folders of an earlier process
+    that was killed while extracting are removed first.
     """
     archive, out_dir = Path(archive), Path(out_dir)
     target = out_dir / member
+    for stale in out_dir.glob(".extract-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     print(f"extracting {archive} into {out_dir}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".extract-") as tmp:
         try:

@@ -146,3 +146,12 @@ def test_two_processes_download_and_extract_oxford17_once(tmp_path, monkeypatch)
     assert calls == ["extract", "extract", "fetch", "fetch", "fetch"]  # 2 archives + datasplits.mat, once
     assert sorted(p.name for p in data.iterdir()) == ["17flowers.tgz", "datasplits.mat", "jpg", "trimaps",
                                                       "trimaps.tgz"]
+
+
+def test_extraction_leftovers_of_a_killed_process_are_removed(tmp_path):
+    archive = write_cifar_archive(tmp_path)
+    (tmp_path / ".extract-killed" / "cifar-10-batches-py").mkdir(parents=True)  # as a SIGKILL leaves it
+    (tmp_path / ".extract-killed" / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"half")
+    folder = cifar.ensure_cifar(tmp_path, download=False, md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-10-batches-py", cifar.CIFAR_ARCHIVE]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(cifar.OFFICIAL_MD5)
