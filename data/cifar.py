@@ -146,17 +146,17 @@ def ensure_cifar(data_dir: str | Path, download: bool = True, url: str = CIFAR_U
         return folder
     cache = cache_dir(data_dir)
     archives = (data_dir / CIFAR_ARCHIVE, cache / CIFAR_ARCHIVE)
-    if not download and not any(p.is_file() for p in archives):
-        raise DataError(f"no CIFAR-10 data in {data_dir} and downloading is off; download {CIFAR_ARCHIVE} "
+    no_data = DataError(f"no CIFAR-10 data in {data_dir} and downloading is off; download {CIFAR_ARCHIVE} "
                         f"from {url} and put it (or its extracted {CIFAR_FOLDER}/ folder) there")
+    if not download and not any(p.is_file() for p in archives):
+        raise no_data
     out_dir = write_root(data_dir, cache, CIFAR_ARCHIVE)
 
     def make() -> Path:
         archive = next((p for p in archives if p.is_file()), None)
         if archive is None:
             if not download:  # the archive went away (moved aside by another process) while we waited
-                raise DataError(f"no CIFAR-10 data in {data_dir} and downloading is off; download {CIFAR_ARCHIVE} "
-                                f"from {url} and put it (or its extracted {CIFAR_FOLDER}/ folder) there")
+                raise no_data
             try:
                 archive = fetch(url, out_dir / CIFAR_ARCHIVE)
             except DownloadFailed as e:
