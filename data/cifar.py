@@ -9,26 +9,20 @@ the one place that reads the batch pickles, and `CIFARHorses` turns the horses (
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import pickle
-import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
-from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
 from color.palette import check_palette, load_palette, nearest_colour
 from data.batching import TensorBatches, accelerator_device, distributed_info, keep_batch, make_sampler
+from data.download import (DownloadFailed, cache_folder, calculate_md5, extract, fetch, move_aside, prepare_once,
+                           write_root)
 from data.sampling import loader_generator
 from errors import DataError
 
@@ -52,12 +46,6 @@ OFFICIAL_MD5 = {
 _WARNED_FOLDERS: set[str] = set()  # folders already reported as non-official (warn once per process)
 
 
-def cache_dir() -> Path:
-    """Where archives are extracted when `data_dir` is read-only: $XDG_CACHE_HOME/image2image/cifar."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "image2image" / "cifar"
-
-
 # ----------------------------------------------------------------------------- reading batches
 
 def load_batches(folder: str | Path, names) -> tuple[np.ndarray, np.ndarray]:
@@ -72,19 +60,46 @@ def load_batches(folder: str | Path, names) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle that names a class or function a CIFAR-10 batch does not contain."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what the official batches hold: dicts, lists, ints, byte strings and numpy
+    uint8 arrays (rebuilt through numpy's `_reconstruct`, `ndarray` and `dtype`). Any other global
+    (os.system, builtins.exec, ...) is refused before it is looked up, so a crafted file cannot run
+    code. Python 2 strings come back as bytes, as with `pickle.load(f, encoding="bytes")`."""
+
+    # numpy 1 pickles name numpy.core.multiarray, numpy 2 numpy._core.multiarray (the old name still
+    # imports); Python 3 writes bytes in protocol 2 as _codecs.encode(str, "latin1") (batches re-saved
+    # by Python 3): a pure data conversion.
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def __init__(self, file: io.BufferedIOBase):
+        super().__init__(file, encoding="bytes")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise ForbiddenGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"CIFAR-10 batch {path} is missing; download {CIFAR_ARCHIVE} from {CIFAR_URL} "
                         f"and extract it next to {path.parent.name}/")
     try:
-        # Pickle is the format of this data set; the file is the one the user pointed us to.
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f).load()
         batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
         data = np.asarray(batch["data"], dtype=np.uint8)
         labels = np.asarray(batch["labels"], dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
             raise ValueError(f"data {data.shape} / labels {labels.shape} are not N x 3072 / N")
+    except ForbiddenGlobal as e:
+        raise DataError(f"{path} is not a CIFAR-10 python batch: it asks to load {e}, which the official "
+                        f"batches never contain; refused without loading it. Use the files of {CIFAR_URL}") from None
     except Exception as e:  # any unpickling or layout error means the same thing to the user
         raise DataError(f"{path} is truncated or not a CIFAR-10 python batch ({type(e).__name__}: {e}); "
                         f"delete it and re-download from {CIFAR_URL} or extract {CIFAR_ARCHIVE} again") from e
@@ -97,120 +112,70 @@ def _complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in TRAIN_BATCHES + TEST_BATCHES)
 
 
+def cache_dir(data_dir: str | Path) -> Path:
+    """Where `data_dir`'s archive is downloaded / extracted when `data_dir` is read-only (data/download.py)."""
+    return cache_folder("cifar", data_dir)
+
+
 def find_batch_folder(data_dir: str | Path) -> Path | None:
     """The extracted batch folder for `data_dir`, or None.
 
     Looks at `data_dir/cifar-10-batches-py`, then `data_dir` itself (when the user points at the
-    batch folder), then the cache folder used when `data_dir` was read-only.
+    batch folder), then `data_dir`'s cache folder (used when `data_dir` was read-only).
     """
     data_dir = Path(data_dir).expanduser()
-    for folder in (data_dir / CIFAR_FOLDER, data_dir, cache_dir() / CIFAR_FOLDER):
+    for folder in (data_dir / CIFAR_FOLDER, data_dir, cache_dir(data_dir) / CIFAR_FOLDER):
         if _complete(folder):
             return folder.resolve()
     return None
-
-
-def _writable(folder: Path) -> bool:
-    """Really try to write: os.access says yes to root on read-only mounts."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
-def _output_dir(data_dir: Path) -> Path:
-    if _writable(data_dir):
-        return data_dir
-    cache = cache_dir()
-    if not _writable(cache):
-        raise DataError(f"neither {data_dir} nor the cache {cache} is writable; extract {CIFAR_ARCHIVE} "
-                        f"by hand so that {data_dir / CIFAR_FOLDER} exists")
-    warnings.warn(f"{data_dir} is not writable; extracting CIFAR-10 into the cache folder {cache}", stacklevel=3)
-    return cache
 
 
 def ensure_cifar(data_dir: str | Path, download: bool = True, url: str = CIFAR_URL,
                  md5: str | None = CIFAR_MD5) -> Path:
     """Return the extracted `cifar-10-batches-py` folder for `data_dir`, making it if needed.
 
-    Order: an extracted folder with all six batches; else the archive in `data_dir` (or the
+    Order: an extracted folder with all six batches; else the archive in `data_dir` (or its
     cache), checked against `md5` (None skips the check) and extracted; else, if `download`,
     the archive fetched from `url`. An archive with the wrong md5 is moved aside to
     `<name>.bad-md5`, never deleted. Raises `DataError` with what to do when all of this fails.
+    Safe to call from several processes at once: one extracts, the others wait (data/download.py).
     """
     data_dir = Path(data_dir).expanduser().absolute()
     folder = find_batch_folder(data_dir)
     if folder is not None:
         return folder
-    archive = next((p for p in (data_dir / CIFAR_ARCHIVE, cache_dir() / CIFAR_ARCHIVE) if p.is_file()), None)
-    if archive is None and not download:
-        raise DataError(f"no CIFAR-10 data in {data_dir} and downloading is off; download {CIFAR_ARCHIVE} "
+    cache = cache_dir(data_dir)
+    archives = (data_dir / CIFAR_ARCHIVE, cache / CIFAR_ARCHIVE)
+    no_data = DataError(f"no CIFAR-10 data in {data_dir} and downloading is off; download {CIFAR_ARCHIVE} "
                         f"from {url} and put it (or its extracted {CIFAR_FOLDER}/ folder) there")
-    out_dir = _output_dir(data_dir if archive is None else archive.parent)
-    if archive is None:
-        archive = _download(url, data_dir, out_dir)
-    _check_md5(archive, md5, url)
-    return _extract(archive, out_dir, url)
+    if not download and not any(p.is_file() for p in archives):
+        raise no_data
+    out_dir = write_root(data_dir, cache, CIFAR_ARCHIVE)
 
+    def make() -> Path:
+        archive = next((p for p in archives if p.is_file()), None)
+        if archive is None:
+            if not download:  # the archive went away (moved aside by another process) while we waited
+                raise no_data
+            try:
+                archive = fetch(url, out_dir / CIFAR_ARCHIVE)
+            except DownloadFailed as e:
+                raise DataError(f"{e}. Download {CIFAR_ARCHIVE} from {url} by hand and put it (or its extracted "
+                                f"{CIFAR_FOLDER}/ folder) in {data_dir}, or pass --data-dir") from e
+        _check_md5(archive, md5, url)
+        hint = f"delete it and download {CIFAR_ARCHIVE} again from {url}"
+        return extract(archive, out_dir, CIFAR_FOLDER, _complete, hint).resolve()
 
-def _download(url: str, data_dir: Path, out_dir: Path) -> Path:
-    """Fetch `url` to `out_dir/CIFAR_ARCHIVE` via a `.part` file, so a broken download never
-    looks like an archive."""
-    part = out_dir / (CIFAR_ARCHIVE + ".part")
-    part.unlink(missing_ok=True)  # our own leftover; download_url would skip an existing file
-    try:
-        if urllib.parse.urlparse(url).scheme == "file":
-            # torchvision's progress bar needs a Content-Length, which file:// responses lack.
-            with urllib.request.urlopen(url) as response, open(part, "wb") as f:
-                shutil.copyfileobj(response, f)
-        else:
-            download_url(url, str(out_dir), part.name, md5=None)
-    except (urllib.error.URLError, OSError, RuntimeError, ValueError) as e:
-        part.unlink(missing_ok=True)
-        reason = getattr(e, "reason", None) or e
-        raise DataError(f"could not download {url} ({reason}). Download {CIFAR_ARCHIVE} from {url} by hand "
-                        f"and put it (or its extracted {CIFAR_FOLDER}/ folder) in {data_dir}, "
-                        f"or pass --data-dir") from e
-    archive = out_dir / CIFAR_ARCHIVE
-    os.replace(part, archive)
-    return archive
+    return prepare_once(out_dir, CIFAR_ARCHIVE, lambda: find_batch_folder(data_dir), make)
 
 
 def _check_md5(archive: Path, md5: str | None, url: str) -> None:
     if md5 is None:
         return
     actual = calculate_md5(str(archive))
-    if actual == md5:
-        return
-    bad = archive.with_name(archive.name + ".bad-md5")
-    try:
-        os.replace(archive, bad)
-        where = f"moved it to {bad}"
-    except OSError:
-        where = f"left it in place (could not move it to {bad})"
-    raise DataError(f"{archive} has md5 {actual}, expected {md5} (truncated or a different file); {where}. "
-                    f"Download {CIFAR_ARCHIVE} again from {url}")
-
-
-def _extract(archive: Path, out_dir: Path, url: str) -> Path:
-    """Extract into a temporary folder, then move the files in: a failed extraction leaves no
-    half-written batch behind."""
-    folder = out_dir / CIFAR_FOLDER
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".extract-") as tmp:
-        try:
-            extract_archive(str(archive), tmp)
-        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
-            raise DataError(f"{archive} could not be extracted ({e}): it is truncated or not {CIFAR_ARCHIVE}; "
-                            f"delete it and download it again from {url}") from e
-        if not _complete(Path(tmp) / CIFAR_FOLDER):
-            raise DataError(f"{archive} does not contain {CIFAR_FOLDER}/ with data_batch_1..5 and test_batch; "
-                            f"download {CIFAR_ARCHIVE} again from {url}")
-        folder.mkdir(exist_ok=True)
-        for item in (Path(tmp) / CIFAR_FOLDER).iterdir():
-            os.replace(item, folder / item.name)
-    return folder.resolve()
+    if actual != md5:
+        raise DataError(f"{archive} has md5 {actual}, expected {md5} (truncated or a different file); "
+                        f"{move_aside(archive)}. Download {CIFAR_ARCHIVE} again from {url}")
 
 
 def md5_mismatches(folder: Path) -> list[str]:
@@ -267,6 +232,10 @@ class CIFARHorses(pl.LightningDataModule):
     def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
                  url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False, seed=0, on_device=True):
         super().__init__()
+        # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does
+        # (data/download.py): Lightning calls it on local rank 0 of every node; setup() finds the files
+        # on any rank, and extracts them itself (under the same lock) when no prepare_data ran.
+        self.prepare_data_per_node = True
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         # the train order of epoch e depends on (seed, e) only: data/sampling.py
@@ -283,7 +252,7 @@ class CIFARHorses(pl.LightningDataModule):
         self.train_set = self.val_set = self.val_rgb = self.source = None
 
     def prepare_data(self):
-        """Find, or extract / download, the batch folder (runs once, on one process)."""
+        """Find, or extract / download, the batch folder (one process at a time; the others wait)."""
         ensure_cifar(self.data_dir, self.download, self.url, self.md5)
 
     def setup(self, stage=None):

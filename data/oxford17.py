@@ -8,14 +8,17 @@ Sources (VGG Oxford, https://www.robots.ox.ac.uk/~vgg/data/flowers/17/): `17flow
 Masks: trimap colour (128, 0, 0) = flower (1); (0, 0, 0) = the unlabelled band = ignore (255), or
 background with unlabelled="background"; every other colour = background (0).
 
-Files (`prepare_data`): existing jpg/ and trimaps/ folders in `data_dir` are used as they are;
-otherwise the archives there are extracted, or downloaded first when `download=True`. When
-`data_dir` is not writable, extraction and downloads go to `cache_dir`
-(~/.cache/image2image/oxford17). md5 rule: a DOWNLOADED file with a known md5 that does not match
-is moved aside to `<name>.bad-md5` and is a DataError; a file the user put in `data_dir` is used
-as given (its md5 result is recorded, with a warning on a mismatch). A missing datasplits.mat is
-not an error: setup falls back to a generated split (stratified by class, 50/25/25). What was
-found, downloaded, md5-checked and extracted is recorded in `self.source`.
+Files (`prepare_data`, through data/download.py): existing jpg/ and trimaps/ folders in `data_dir`
+(or its cache folder) are used as they are; otherwise the archives there are extracted, or
+downloaded first when `download=True`. When `data_dir` is not writable, extraction and downloads
+go to its cache folder (`data.download.cache_folder`). One process at a time extracts / downloads
+(a file lock); the others wait and then find the files. md5 rule: a DOWNLOADED file with a known
+md5 that does not match is moved aside to `<name>.bad-md5` and is a DataError; a file the user put
+in `data_dir` is used as given (its md5 result is recorded, with a warning on a mismatch), since the
+md5s known here could not be checked against the release. A missing datasplits.mat is not an
+error: setup falls back to a split generated from the data and `split` alone (stratified by class,
+50/25/25; `--seed` plays no part). What was found, downloaded, md5-checked and extracted is
+recorded in `self.source`; the split's source and hash in `split_info`.
 
 Every image and mask is decoded and resized once in `setup` and kept as uint8 tensors in memory;
 the datasets only normalise (and optionally flip), a whole batch at a time. `cache_features` can further replace
@@ -23,10 +26,9 @@ the train / val images by the frozen trunk's features (see its docstring).
 """
 
 import hashlib
+import json
 import os
 import re
-import urllib.error
-import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,10 +38,11 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 from tqdm.auto import tqdm
 
 from data.batching import distributed_info, keep_batch, make_sampler
+from data.download import (DownloadFailed, cache_folder, calculate_md5, exclusive, extract, fetch, move_aside,
+                           write_root)
 from data.sampling import loader_generator
 from errors import DataError, UsageError
 
@@ -53,7 +56,6 @@ MD5 = {
     TRIMAPS_ARCHIVE: None,
     SPLITS_FILE: "4828cddfd0d803c5abbdebcb1e148a1e",
 }
-DEFAULT_CACHE_DIR = Path("~/.cache/image2image/oxford17")
 IMAGES_PER_CLASS = 80
 NUM_CLASSES = 17
 FLOWER, BACKGROUND, IGNORE_INDEX = 1, 0, 255
@@ -61,6 +63,7 @@ FLOWER_RGB = (128, 0, 0)
 UNLABELLED_RGB = (0, 0, 0)
 UNLABELLED_CHOICES = ("ignore", "background")
 SPLIT_NAMES = ("train", "val", "test")
+_FOLDERS = (("jpg", IMAGES_ARCHIVE, "image_*.jpg"), ("trimaps", TRIMAPS_ARCHIVE, "image_*.png"))
 _NUMBER = re.compile(r"image_(\d+)\.(?:jpg|png)$")
 
 
@@ -90,7 +93,8 @@ def class_of(number: int) -> int:
 
 def generated_split(numbers, seed: int) -> dict[str, list[int]]:
     """Deterministic split stratified by class: per class, shuffle with `seed`, then the first
-    ceil(m/2) go to train, half of the rest (rounded down) to val, the remainder to test."""
+    ceil(m/2) go to train, half of the rest (rounded down) to val, the remainder to test.
+    The DataModule passes seed = its `split` (1, 2 or 3), never the training seed."""
     rng = np.random.default_rng(seed)
     out = {name: [] for name in SPLIT_NAMES}
     by_class: dict[int, list[int]] = {}
@@ -104,6 +108,12 @@ def generated_split(numbers, seed: int) -> dict[str, list[int]]:
         out["val"] += members[n_train : n_train + n_val]
         out["test"] += members[n_train + n_val :]
     return {name: sorted(v) for name, v in out.items()}
+
+
+def split_hash(splits: dict[str, list[int]]) -> str:
+    """Short sha256 of the train / val / test member lists (sorted image numbers)."""
+    lists = {name: sorted(int(n) for n in splits[name]) for name in SPLIT_NAMES}
+    return hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_datasplits(path: Path, split: int, available) -> dict[str, list[int]]:
@@ -135,23 +145,6 @@ def _number(path: Path) -> int | None:
 
 def _count(folder: Path, pattern: str) -> int:
     return sum(1 for _ in folder.glob(pattern)) if folder.is_dir() else 0
-
-
-def _is_writable(folder: Path) -> bool:
-    """Whether `folder` (or, if missing, its nearest existing parent) can be written to."""
-    folder = folder.expanduser().absolute()
-    while not folder.exists():
-        folder = folder.parent
-    return os.access(folder, os.W_OK)
-
-
-def _download(url: str, root: Path, filename: str) -> None:
-    """Fetch `url` to root/filename: torchvision's download_url, except for file:// URLs (local
-    mirrors, tests), which its progress bar cannot handle (no response.length), so urllib copies."""
-    if url.startswith("file:"):
-        urllib.request.urlretrieve(url, str(root / filename))
-    else:
-        download_url(url, str(root), filename)
 
 
 def _decode_pair(jpg: Path, png: Path, size: int, unlabelled: str) -> tuple[np.ndarray, np.ndarray]:
@@ -226,9 +219,12 @@ class Oxford17(pl.LightningDataModule):
     """Oxford 17 flowers with trimaps: binary flower (1) / background (0) / ignore (255) masks.
 
     Extra arguments beyond the basics: `augment` (random horizontal flip of train items),
-    `cache_dir` (where archives are extracted/downloaded when `data_dir` is not writable) and
-    `checksums` (override of the md5 table, e.g. {"17flowers.tgz": None} to skip a check).
-    After `setup`: `train_set` / `val_set` / `test_set`, `split_numbers`, `split_source`, `source`.
+    `cache_dir` (where archives are extracted/downloaded when `data_dir` is not writable; default
+    `data.download.cache_folder("oxford17", data_dir)`) and `checksums` (override of the md5 table,
+    e.g. {"17flowers.tgz": None} to skip a check). `split` alone (with the data) decides the split;
+    `seed` only orders the training batches.
+    After `setup`: `train_set` / `val_set` / `test_set`, `split_numbers`, `split_source`,
+    `split_info`, `source`.
     """
 
     def __init__(
@@ -245,10 +241,13 @@ class Oxford17(pl.LightningDataModule):
         std=(0.229, 0.224, 0.225),
         base_url: str = URL,
         augment: bool = False,
-        cache_dir=DEFAULT_CACHE_DIR,
+        cache_dir=None,
         checksums: dict | None = None,
     ):
         super().__init__()
+        # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does:
+        # Lightning calls it on local rank 0 of every node; setup() finds the files on any rank.
+        self.prepare_data_per_node = True
         if split not in (1, 2, 3):
             raise UsageError(f"split must be 1, 2 or 3, got {split!r}")
         if unlabelled not in UNLABELLED_CHOICES:
@@ -256,13 +255,13 @@ class Oxford17(pl.LightningDataModule):
         if int(image_size) < 1:
             raise UsageError(f"image_size must be a positive number of pixels, got {image_size!r}")
         self.data_dir = Path(data_dir).expanduser()
-        self.cache_dir = Path(cache_dir).expanduser()
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else cache_folder("oxford17", data_dir)
         self.split, self.image_size, self.batch_size = split, int(image_size), batch_size
         self.num_workers, self.unlabelled, self.download, self.seed = num_workers, unlabelled, download, seed
         self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.md5 = {**MD5, **(checksums or {})}
-        self.jpg_dir = self.trimap_dir = self.splits_path = None
+        self.jpg_dir = self.trimap_dir = self.splits_path = self._root = None
         self.source: dict = {}
         self.split_source: str | None = None
         self.split_numbers: dict[str, list[int]] = {}
@@ -276,16 +275,7 @@ class Oxford17(pl.LightningDataModule):
         return self.base_url + name
 
     def _lookup_roots(self) -> list[Path]:
-        # the cache is only consulted when data_dir cannot hold extracted/downloaded files
-        return [self.data_dir] if _is_writable(self.data_dir) else [self.data_dir, self.cache_dir]
-
-    def _write_root(self) -> Path:
-        root = self.data_dir if _is_writable(self.data_dir) else self.cache_dir
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise DataError(f"cannot create {root} to extract/download Oxford17 files into ({err})") from err
-        return root
+        return [self.data_dir, self.cache_dir]
 
     def _check_md5(self, path: Path, name: str, notes: dict, downloaded: bool) -> None:
         """Record the md5 check in notes. A downloaded file with the wrong md5 is moved aside to
@@ -303,33 +293,32 @@ class Oxford17(pl.LightningDataModule):
             warnings.warn(f"Oxford17: {path} has md5 {got}, not the official {expected}; using it as given",
                           stacklevel=4)
             return
-        bad = path.with_name(path.name + ".bad-md5")
-        path.replace(bad)
         raise DataError(f"{path} downloaded from {self._url(name)} has md5 {got}, expected {expected}; "
-                        f"it was moved to {bad}: download it again and put it in {path.parent}")
+                        f"{move_aside(path)}: download it again and put it in {path.parent}")
+
+    def _find(self, name: str) -> Path | None:
+        return next((root / name for root in self._lookup_roots() if (root / name).is_file()), None)
+
+    def _find_folder(self, folder: str, pattern: str) -> Path | None:
+        return next((root / folder for root in self._lookup_roots() if _count(root / folder, pattern)), None)
 
     def _find_or_download(self, name: str, notes: dict) -> Path | None:
         """Path of file `name` in data_dir (or the cache), downloading it if allowed; None if it is
         missing and cannot be downloaded (the reason goes into notes["missing"])."""
-        for root in self._lookup_roots():
-            if (root / name).is_file():
-                notes["origin"] = f"found {root / name}"
-                self._check_md5(root / name, name, notes, downloaded=False)
-                return root / name
+        path = self._find(name)
+        if path is not None:
+            notes["origin"] = f"found {path}"
+            self._check_md5(path, name, notes, downloaded=False)
+            return path
         if not self.download:
             notes["missing"] = "not found and download=False"
             return None
-        root, url = self._write_root(), self._url(name)
-        part = root / (name + ".part")
-        part.unlink(missing_ok=True)  # download_url would take a stale partial file as complete
+        url, path = self._url(name), self._write_root() / name
         try:
-            _download(url, root, part.name)  # md5 is checked below, to move a bad file aside
-        except (urllib.error.URLError, OSError, RuntimeError, ValueError) as err:
-            part.unlink(missing_ok=True)
-            notes["missing"] = f"download failed: {err}"
+            fetch(url, path)  # md5 is checked below, to move a bad file aside
+        except DownloadFailed as err:
+            notes["missing"] = f"download failed: {err.reason}"
             return None
-        path = root / name
-        part.replace(path)
         notes["origin"] = f"downloaded {url} to {path}"
         self._check_md5(path, name, notes, downloaded=True)
         return path
@@ -337,32 +326,47 @@ class Oxford17(pl.LightningDataModule):
     def _obtain_folder(self, folder: str, archive: str, pattern: str) -> tuple[Path | None, dict]:
         """An existing `folder` with files matching `pattern`, else the extracted `archive`."""
         notes: dict = {"url": self._url(archive)}
-        for root in self._lookup_roots():
-            n = _count(root / folder, pattern)
-            if n:
-                notes.update(origin=f"folder {root / folder}", md5="not checked (extracted folder used)", files=n)
-                return root / folder, notes
+        found = self._find_folder(folder, pattern)
+        if found is not None:
+            notes.update(origin=f"folder {found}", md5="not checked (extracted folder used)",
+                         files=_count(found, pattern))
+            return found, notes
         path = self._find_or_download(archive, notes)
         if path is None:
             return None, notes
-        dest = self._write_root()
-        try:
-            extract_archive(str(path), str(dest))
-        except Exception as err:  # tarfile/gzip/EOF/OS errors of a corrupt archive
-            raise DataError(f"cannot extract {path} ({err}); "
-                            f"replace it with the file from {self._url(archive)}") from err
-        n = _count(dest / folder, pattern)
-        if not n:
-            raise DataError(f"{path} did not contain {folder}/{pattern}; "
-                            f"replace it with the file from {self._url(archive)}")
-        notes.update(extracted=f"ok: {n} files in {dest / folder}", files=n)
-        return dest / folder, notes
+        hint = f"replace it with the file from {self._url(archive)}"
+        dest = extract(path, self._write_root(), folder, lambda tmp: _count(tmp, pattern) > 0, hint)
+        n = _count(dest, pattern)
+        notes.update(extracted=f"ok: {n} files in {dest}", files=n)
+        return dest, notes
+
+    def _write_root(self) -> Path:
+        """data_dir, or the cache when data_dir is read-only (probed once per prepare_data)."""
+        if self._root is None:
+            self._root = write_root(self.data_dir, self.cache_dir, "the Oxford17 files")
+        return self._root
+
+    def _needs_writing(self) -> bool:
+        """Whether prepare_data would download or extract anything (else it only finds files)."""
+        for folder, archive, pattern in _FOLDERS:
+            if self._find_folder(folder, pattern) is None and (self.download or self._find(archive) is not None):
+                return True
+        return self.download and self._find(SPLITS_FILE) is None
 
     def prepare_data(self) -> None:
         """Find (or extract, or download) jpg/, trimaps/ and datasplits.mat; see the module docstring.
-        What was verified is recorded in `self.source`."""
-        self.jpg_dir, jpg_notes = self._obtain_folder("jpg", IMAGES_ARCHIVE, "image_*.jpg")
-        self.trimap_dir, trimap_notes = self._obtain_folder("trimaps", TRIMAPS_ARCHIVE, "image_*.png")
+        What was verified is recorded in `self.source`. When something must be downloaded or
+        extracted, one process at a time does it (a lock in the folder written to); the others
+        then find the files."""
+        self._root = None
+        if self._needs_writing():
+            with exclusive(self._write_root(), "oxford17"):
+                self._obtain_all()
+        else:
+            self._obtain_all()
+
+    def _obtain_all(self) -> None:
+        (self.jpg_dir, jpg_notes), (self.trimap_dir, trimap_notes) = (self._obtain_folder(*f) for f in _FOLDERS)
         missing = [(a, n) for a, n in ((IMAGES_ARCHIVE, jpg_notes), (TRIMAPS_ARCHIVE, trimap_notes)) if "missing" in n]
         if missing:
             what = " and ".join(f"{a} ({n['url']}: {n['missing']})" for a, n in missing)
@@ -392,9 +396,9 @@ class Oxford17(pl.LightningDataModule):
         if self.splits_path is not None:
             splits = load_datasplits(self.splits_path, k, numbers)
             self.split_source = f"{SPLITS_FILE} trn{k}/val{k}/tst{k}"
-        else:
-            splits = generated_split(numbers, self.seed + k)
-            self.split_source = f"generated: stratified by class 50/25/25, seed {self.seed + k}"
+        else:  # from the data and --split only: a seed study keeps its val and test sets
+            splits = generated_split(numbers, k)
+            self.split_source = f"generated: stratified by class 50/25/25, split {k} (rng seed {k})"
             why = self.source.get(SPLITS_FILE, {}).get("missing", "not found")
             warnings.warn(f"Oxford17: {SPLITS_FILE} unavailable ({why}); using a {self.split_source} split",
                           stacklevel=3)
@@ -432,6 +436,12 @@ class Oxford17(pl.LightningDataModule):
             start = stop
         self.split_numbers = splits
         self.train_set, self.val_set, self.test_set = (self._pairs[n] for n in SPLIT_NAMES)
+
+    @property
+    def split_info(self) -> dict:
+        """{"source": how the split was made, "hash": split_hash of its three lists} (after setup)."""
+        self.setup()
+        return {"source": self.split_source, "hash": split_hash(self.split_numbers)}
 
     def data_checksum(self) -> str:
         """Short sha256 of the split lists and the decoded images and masks (as resized)."""

@@ -12,6 +12,7 @@ from torch.utils.data import RandomSampler, SequentialSampler
 from torchvision.datasets.utils import calculate_md5
 
 import data.cifar as cifar
+import data.download as download
 from color.palette import load_palette
 from data.cifar import CIFARHorses, ensure_cifar, load_batches
 from tests.fixtures.cifar import (expected_horses, make_images, write_batch, write_cifar_archive,
@@ -80,6 +81,38 @@ def test_damaged_batch_raises_data_error_naming_it(tmp_path, damage):
     assert str(path) in str(info.value)
     if damage != "missing":
         assert "truncated or not a CIFAR-10 python batch" in str(info.value) and cifar.CIFAR_URL in str(info.value)
+
+
+class _RunsCode:
+    """Unpickling this calls `function(argument)`: what a malicious 'batch' would do."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+@pytest.mark.parametrize("kind", ["os.system", "builtins.exec", "inside a batch"])
+def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, kind):
+    marker = tmp_path / "ran"
+    folder = write_cifar_folder(tmp_path)
+    path = folder / "data_batch_2"
+    if kind == "os.system":
+        payload = _RunsCode(os.system, f"touch {marker}")
+    elif kind == "builtins.exec":
+        payload = _RunsCode(exec, f"open({str(marker)!r}, 'w').close()")
+    else:  # a batch-shaped dict whose labels hide the call
+        payload = {b"data": np.zeros((2, 3072), np.uint8), b"labels": _RunsCode(exec, f"open({str(marker)!r}, 'w')")}
+    path.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(DataError) as info:
+        load_batches(folder, cifar.TRAIN_BATCHES)
+    message = str(info.value)
+    assert not marker.exists()  # the code did not run
+    assert "\n" not in message and message.startswith(f"{path} is not a CIFAR-10 python batch: it asks to load ")
+    named = {"posix.system", "os.system"} if kind == "os.system" else {"__builtin__.exec", "builtins.exec"}
+    assert any(f"load {name}," in message for name in named), message
+    assert "refused" in message
 
 
 def test_truncated_batch_fails_setup_too(tmp_path):
@@ -307,13 +340,18 @@ def test_read_only_folder_is_read_in_place(tmp_path):
 def test_archive_in_read_only_dir_is_extracted_into_cache(tmp_path, monkeypatch, private_cache):
     archive = write_cifar_archive(tmp_path / "ro")
     # chmod does not stop root, so pretend the data dir cannot be written.
-    real_writable = cifar._writable
-    monkeypatch.setattr(cifar, "_writable", lambda d: d != archive.parent and real_writable(d))
-    with pytest.warns(UserWarning, match="not writable; extracting CIFAR-10 into the cache folder"):
+    real_writable = download.is_writable
+    monkeypatch.setattr(download, "is_writable", lambda d: Path(d) != archive.parent and real_writable(d))
+    with pytest.warns(UserWarning, match="not writable; downloading / extracting cifar-10-python.tar.gz in the cache"):
         folder = ensure_cifar(tmp_path / "ro", md5=calculate_md5(str(archive)))
-    assert folder == (private_cache / "cifar-10-batches-py").resolve()
+    assert folder.parent.parent == private_cache and folder.name == "cifar-10-batches-py"
+    assert folder.parent.name.startswith("ro-")  # the cache folder of this data folder
     assert sorted(p.name for p in archive.parent.iterdir()) == [cifar.CIFAR_ARCHIVE]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(cifar.OFFICIAL_MD5)
     assert ensure_cifar(tmp_path / "ro", download=False) == folder  # found in the cache next time
+    # another read-only folder has a cache of its own: it does not see this one's extraction
+    with pytest.raises(DataError, match="downloading is off"):
+        ensure_cifar(tmp_path / "other-ro", download=False)
 
 
 # ----------------------------------------------------------------------------- the real data
@@ -322,9 +360,18 @@ def test_archive_in_read_only_dir_is_extracted_into_cache(tmp_path, monkeypatch,
 def test_real_cifar10_horses():
     if not (REAL / "cifar-10-batches-py").is_dir():
         pytest.skip(f"{REAL} absent")
+    folder = REAL / "cifar-10-batches-py"
+    differ = [name for name, md5 in cifar.OFFICIAL_MD5.items() if calculate_md5(str(folder / name)) != md5]
     dm = CIFARHorses(REAL, download=False)
-    with pytest.warns(UserWarning, match="7 files differ from the official release"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         dm.setup()
+    unofficial = [str(w.message) for w in caught if "differ from the official release" in str(w.message)]
+    if differ:  # a re-saved copy (this machine's has 7 such files): used, with one warning naming the count
+        assert len(unofficial) == 1 and f"{len(differ)} files differ" in unofficial[0]
+    else:  # the official release: no warning
+        assert unofficial == []
+    assert dm.source["official_md5"] is (not differ) and dm.source["md5_mismatches"] == differ
     assert len(dm.train_set) == 5000 and len(dm.val_set) == 1000
     assert dm.source["folder"] == str((REAL / "cifar-10-batches-py").resolve())
     for grey, target in (dm.train_set.tensors, dm.val_set.tensors):

@@ -9,6 +9,7 @@ from PIL import Image
 
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
+from tests.fixtures.network import no_network
 from tests.tb import read_scalars, read_image_tags
 
 
@@ -92,14 +93,21 @@ def test_help_explains_every_flag():
         assert flag in proc.stdout, flag
 
 
-def test_missing_data_offline_gives_one_clear_line(tmp_path):
-    proc = run_cli("UNet", "--data-dir", tmp_path / "nothing-here", "--results-dir", tmp_path / "r",
-                   "--logs-dir", tmp_path / "l", timeout=120)
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    err = proc.stderr.strip().splitlines()[-1]
-    assert err.startswith("error:") and "cifar-10-python.tar.gz" in err and "https://www.cs.toronto.edu" in err
+def test_missing_data_and_failed_download_gives_one_clear_line(tmp_path, capsys, monkeypatch):
+    """In process, with the downloader stubbed to fail (as offline), so it holds with a network too."""
+    import colorization
+    from tests.clirun import run_main
+
+    asked = no_network(monkeypatch)
+    code, _, err = run_main(colorization.main, ["UNet", "--data-dir", tmp_path / "nothing-here", "--results-dir",
+                                                tmp_path / "r", "--logs-dir", tmp_path / "l"], capsys)
+    assert code == 1 and asked == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: could not download https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+    assert "network disabled by the test" in line and str(tmp_path / "nothing-here") in line
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("summary.json"))
+    assert list((tmp_path / "nothing-here").iterdir()) == []  # no partial download left
 
 
 def test_module_overfits_and_logs_on_fixture(cifar_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 import hashlib
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import RandomSampler, SequentialSampler
 
+import data.download as download
 import data.oxford17 as ox
 from data.oxford17 import FeatureDataset, Oxford17, generated_split, trimap_to_mask
 from tests.fixtures.oxford17 import image_numbers, trimap_numbers, write_oxford17, write_oxford17_archives
@@ -81,15 +83,37 @@ def test_generated_split_without_mat_is_deterministic_and_stratified(tree, tmp_p
         again = _dm(root)
         again.setup()
     assert first.split_numbers == again.split_numbers
-    assert first.split_source == "generated: stratified by class 50/25/25, seed 1"
+    assert first.split_source == "generated: stratified by class 50/25/25, split 1 (rng seed 1)"
     numbers = list(range(1, 81)) + list(range(161, 201))  # classes 0 (80 images) and 2 (40)
     split = generated_split(numbers, seed=5)
     for c, m in ((0, 80), (2, 40)):
         counts = [sum(1 for n in split[s] if (n - 1) // 80 == c) for s in ("train", "val", "test")]
         assert counts == [m // 2, m // 4, m // 4]
     assert sorted(sum(split.values(), [])) == numbers
-    assert generated_split(numbers, seed=6) != split  # seed + k varies the split
+    assert generated_split(numbers, seed=6) != split  # the rng seed (= --split) varies the split
     assert generated_split(numbers, seed=5) == split
+
+
+def test_generated_split_depends_on_split_not_seed(tree, tmp_path):
+    root = _copy(tree, tmp_path, splits=False)
+    made = {}
+    with pytest.warns(UserWarning, match="generated"):
+        for seed, split in ((0, 1), (123, 1), (0, 2), (123, 2)):
+            dm = _dm(root, seed=seed, split=split)
+            dm.setup()
+            made[seed, split] = (dm.split_numbers, dm.split_info)
+    assert made[0, 1] == made[123, 1] and made[0, 2] == made[123, 2]  # --seed changes nothing
+    assert made[0, 1][0] != made[0, 2][0]  # --split does
+    info1, info2 = made[0, 1][1], made[0, 2][1]
+    assert info1["source"] == "generated: stratified by class 50/25/25, split 1 (rng seed 1)"
+    assert info1["hash"] == ox.split_hash(made[0, 1][0]) != info2["hash"]
+    assert len(info1["hash"]) == 16
+
+
+def test_split_info_of_the_mat(tree, ready):
+    assert ready.split_info == {"source": "datasplits.mat trn1/val1/tst1", "hash": ox.split_hash(ready.split_numbers)}
+    moved = {**ready.split_numbers, "val": ready.split_numbers["test"], "test": ready.split_numbers["val"]}
+    assert ox.split_hash(moved) != ready.split_info["hash"]  # the hash knows which list an image is in
 
 
 def test_overlapping_mat_is_a_data_error(tree, tmp_path):
@@ -255,7 +279,9 @@ def test_md5_mismatch_moves_the_download_aside(tmp_path):
 
 def test_local_archives_in_read_only_dir_extract_to_cache(tmp_path, monkeypatch):
     server = write_oxford17_archives(tmp_path / "readonly", n_classes=1, per_class=4, with_splits=False)
-    monkeypatch.setattr(ox, "_is_writable", lambda folder: Path(folder).resolve() != server.resolve())
+    real_writable = download.is_writable  # chmod does not stop root: pretend the folder is read-only
+    monkeypatch.setattr(download, "is_writable", lambda folder: Path(folder).resolve() != server.resolve()
+                        and real_writable(folder))
     dm = _dm(server, cache_dir=tmp_path / "cache")
     with pytest.warns(UserWarning, match="datasplits.mat unavailable"):
         dm.setup()
@@ -270,7 +296,7 @@ def test_local_archives_in_read_only_dir_extract_to_cache(tmp_path, monkeypatch)
 def test_corrupt_archive_is_a_data_error(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "17flowers.tgz").write_bytes(b"truncated")
-    with pytest.raises(DataError, match="cannot extract .*17flowers.tgz"):
+    with pytest.raises(DataError, match="17flowers.tgz could not be extracted"):
         _dm(tmp_path / "data").prepare_data()
 
 
@@ -286,16 +312,28 @@ def test_real_oxford17_counts_masks_and_splits():
     if not (REAL / "trimaps").is_dir():
         pytest.skip(f"real data not found at {REAL}")
     dm = Oxford17(REAL, image_size=224, download=False)
-    with pytest.warns(UserWarning, match="generated"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         dm.setup()
+    generated = [w for w in caught if "datasplits.mat unavailable" in str(w.message)]
+    if (REAL / "datasplits.mat").is_file():  # the official release: its trn1/val1/tst1
+        assert dm.split_source == "datasplits.mat trn1/val1/tst1" and not generated
+    else:  # a copy without it (as on this machine): a generated split, said so once
+        assert dm.split_source.startswith("generated") and len(generated) == 1
+    assert dm.split_info["source"] == dm.split_source
     counts = {name: len(v) for name, v in dm.split_numbers.items()}
-    assert sum(counts.values()) == 846
+    pairs = sorted(int(p.stem[6:]) for p in (REAL / "trimaps").glob("image_*.png")
+                   if (REAL / "jpg" / f"{p.stem}.jpg").is_file())
+    assert len(pairs) > 800  # 846 in this copy, 848 in the official release
     sets = [set(v) for v in dm.split_numbers.values()]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     assert counts["train"] > counts["val"] > 0 and counts["test"] > 0
-    assert not any(1041 <= n <= 1120 for n in set.union(*sets))  # class 14 has no trimaps
+    if not (REAL / "datasplits.mat").is_file():  # generated: every pair, once
+        assert sorted(set.union(*sets)) == pairs
+    else:  # the mat's lists, restricted to the pairs
+        assert set.union(*sets) <= set(pairs)
     masks = torch.cat([dm._pairs[name].masks for name in ("train", "val", "test")])
-    assert masks.shape == (846, 224, 224)
+    assert masks.shape == (sum(counts.values()), 224, 224)
     assert set(masks.unique().tolist()) == {0, 1, 255}
     share = (masks == 1).float().mean(dim=(1, 2))
     assert share.min() > 0.01 and share.max() < 0.75

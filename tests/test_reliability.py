@@ -23,6 +23,7 @@ import segmentation
 from tests.clirun import error_lines, run_main, snapshot
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_archive, write_cifar_folder
+from tests.fixtures.network import no_network
 from tests.fixtures.oxford17 import write_oxford17
 
 COLOR = ["UNet", "--num-filters", 8, "--batch-size", 16, "--accelerator", "cpu"]
@@ -86,9 +87,13 @@ def test_image_size_the_model_cannot_use(world, capsys):
 
 # ----------------------------------------------------------------------------- data
 
-def test_segmentation_data_missing_offline(world, tmp_path, capsys):
+def test_segmentation_data_missing_and_download_failing(world, tmp_path, capsys, monkeypatch):
+    asked = no_network(monkeypatch)  # the same with or without a network
     _check_failure(world, capsys, segmentation.main, [*SEG, "--data-dir", tmp_path / "none"], 1,
-                   "17flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/", str(tmp_path / "none"))
+                   "17flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/", str(tmp_path / "none"),
+                   "network disabled by the test")
+    assert asked == ["https://www.robots.ox.ac.uk/~vgg/data/flowers/17/17flowers.tgz",
+                     "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/trimaps.tgz"]
 
 
 def test_cifar_archive_with_wrong_checksum_is_moved_aside(world, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """segmentation.py end to end: the CLI in a subprocess for both losses, errors, and real data."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import REPO
+from tests.fixtures.network import no_network
 from tests.fixtures.oxford17 import write_oxford17
 from tests.tb import read_image_tags, read_scalars
 
@@ -66,13 +68,21 @@ def test_help_lists_flags():
         assert flag in proc.stdout, flag
 
 
-def test_missing_trimaps_gives_one_clear_line(tmp_path):
-    (tmp_path / "jpg").mkdir()
-    proc = run_cli("--loss", "ce", *FAST, "--data-dir", tmp_path, "--results-dir", tmp_path / "r",
-                   "--logs-dir", tmp_path / "l", timeout=180)
-    assert proc.returncode == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("error:") and "trimaps" in proc.stderr
+def test_missing_trimaps_gives_one_clear_line(flowers, tmp_path, capsys, monkeypatch):
+    """Images there, trimaps missing and their download failing (stubbed, so the same with a network)."""
+    import segmentation
+    from tests.clirun import run_main
+
+    data = tmp_path / "data"
+    shutil.copytree(flowers / "jpg", data / "jpg")
+    asked = no_network(monkeypatch)
+    code, _, err = run_main(segmentation.main, ["--loss", "ce", *FAST, "--data-dir", data, "--results-dir",
+                                                tmp_path / "r", "--logs-dir", tmp_path / "l"], capsys)
+    assert code == 1 and asked == ["https://www.robots.ox.ac.uk/~vgg/data/flowers/17/trimaps.tgz"]
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: Oxford17 is missing trimaps.tgz") and "network disabled by the test" in line
+    assert "17flowers.tgz" not in line  # the images were found
 
 
 def test_tiny_image_size_is_refused(flowers, tmp_path):

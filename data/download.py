@@ -1,0 +1,211 @@
+"""Find, download, checksum and extract: the one helper both data sets (data/cifar.py,
+data/oxford17.py) use.
+
+Rules, in one place:
+- Where files are looked for: `data_dir`, then its cache folder.
+- Where files are written: `data_dir` when it is writable, else its cache folder
+  `cache_folder(dataset, data_dir)` = `$XDG_CACHE_HOME` (or `~/.cache`) `/image2image/<dataset>/
+  <data_dir name>-<hash of its absolute path>`: a writable cache of its own for each read-only data
+  folder, never next to the data. `is_writable` really creates and deletes a file (`os.access` says
+  yes to root on a read-only mount).
+- One process at a time: `prepare_once` holds an exclusive `flock` on a lock file in the folder it
+  writes to around find-or-download-and-extract; the first process does the work, the others block
+  and then find it done. So it is safe whoever calls it: Lightning's `prepare_data` (once per node:
+  `prepare_data_per_node = True`, since the files go to this machine's data folder or cache), every
+  rank started by torchrun / SLURM calling it by hand, or two runs at once on one machine. (Nodes
+  sharing a data folder over NFS are serialised too where the NFS client supports locks.)
+- Downloads go to `<name>.part`, renamed to `<name>` only when complete (`fetch`); an archive is
+  extracted into a temporary folder next to its target and moved in only when complete
+  (`extract`): a failure never leaves a file that looks finished.
+- Checksums: `calculate_md5` (torchvision); `move_aside` renames a bad file to `<name>.bad-md5`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+import zlib
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
+
+from errors import DataError
+
+T = TypeVar("T")
+__all__ = ["DownloadFailed", "cache_base", "cache_folder", "calculate_md5", "extract", "fetch", "is_writable",
+           "move_aside", "prepare_once", "write_root"]
+
+
+# ----------------------------------------------------------------------------- folders
+
+def cache_base() -> Path:
+    """$XDG_CACHE_HOME/image2image, or ~/.cache/image2image."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "image2image"
+
+
+def cache_folder(dataset: str, data_dir: str | Path, base: str | Path | None = None) -> Path:
+    """The cache folder of `data_dir` for `dataset`: `base` (default `cache_base()/dataset`) /
+    `<data_dir name>-<12 hex digits of its absolute path>`, so that two read-only data folders
+    never share extracted files."""
+    data_dir = Path(data_dir).expanduser().absolute()
+    key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    root = Path(base).expanduser() if base is not None else cache_base() / dataset
+    return root / f"{data_dir.name or 'root'}-{key}"
+
+
+def is_writable(folder: str | Path) -> bool:
+    """Whether files can be written in `folder` (created, with its parents, if missing): really
+    creates and deletes a file, since `os.access` says yes to root even on a read-only mount."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+
+
+def write_root(data_dir: Path, cache: Path, what: str) -> Path:
+    """`data_dir` when writable, else `cache` (with a warning); a DataError when neither is."""
+    if is_writable(data_dir):
+        return data_dir
+    if not is_writable(cache):
+        raise DataError(f"neither {data_dir} nor the cache {cache} is writable; extract {what} by hand into "
+                        f"{data_dir} or set XDG_CACHE_HOME to a writable folder")
+    warnings.warn(f"{data_dir} is not writable; downloading / extracting {what} in the cache folder {cache}",
+                  stacklevel=3)
+    return cache
+
+
+# ----------------------------------------------------------------------------- one process at a time
+
+@contextlib.contextmanager
+def exclusive(folder: Path, name: str):
+    """Hold an exclusive lock on `folder/.<name>.lock` (blocking until it is free). The lock file
+    is removed on release; a waiter that then holds a lock on the removed file notices (its inode is
+    no longer the path's) and locks the new one, so two processes never both hold the lock."""
+    path = Path(folder) / f".{name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # the holder before us removed this file: lock the current one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)  # releases the lock
+
+
+def prepare_once(root: Path, name: str, find: Callable[[], T | None], make: Callable[[], T]) -> T:
+    """`find()` if it finds something, else `make()` under an exclusive lock in `root` (the folder
+    that `make` writes to). A process that waited for the lock calls `find()` again first, so the
+    work is done once however many processes ask at the same time."""
+    found = find()
+    if found is not None:
+        return found
+    with exclusive(root, name):
+        found = find()
+        return found if found is not None else make()
+
+
+# ----------------------------------------------------------------------------- download
+
+class DownloadFailed(DataError):
+    """A download that did not complete; `reason` says why (nothing is left behind)."""
+
+    def __init__(self, url: str, reason):
+        self.url, self.reason = url, reason
+        super().__init__(f"could not download {url} ({reason})")
+
+
+def fetch(url: str, path: Path) -> Path:
+    """Download `url` to `path` through `path.part` (renamed only when complete). file:// URLs
+    (local mirrors, tests) are copied with urllib: torchvision's progress bar needs a Content-Length,
+    which file:// responses lack. Raises DownloadFailed; no partial file is left."""
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    part.unlink(missing_ok=True)  # a leftover of ours; download_url would take an existing file as done
+    try:
+        if urllib.parse.urlparse(url).scheme == "file":
+            with urllib.request.urlopen(url) as response, open(part, "wb") as f:
+                shutil.copyfileobj(response, f)
+        else:
+            download_url(url, str(part.parent), part.name, md5=None)
+    except (urllib.error.URLError, OSError, RuntimeError, ValueError) as e:
+        part.unlink(missing_ok=True)
+        raise DownloadFailed(url, getattr(e, "reason", None) or e) from e
+    os.replace(part, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- checksums
+
+def move_aside(path: Path) -> str:
+    """Rename `path` to `<name>.bad-md5` (never deleted); returns what was done, for a message."""
+    bad = path.with_name(path.name + ".bad-md5")
+    try:
+        os.replace(path, bad)
+        return f"moved it to {bad}"
+    except OSError:
+        return f"left it in place (could not move it to {bad})"
+
+
+# ----------------------------------------------------------------------------- extraction
+
+def extract(archive: Path, out_dir: Path, member: str, complete: Callable[[Path], bool], hint: str) -> Path:
+    """Extract `archive` and move its folder `member` to `out_dir/member`; returns that path.
+
+    Extraction goes into a temporary folder in `out_dir`; `complete(extracted member folder)` must
+    hold before anything is moved in. A new `member` folder appears in one rename; into an existing
+    one the files are moved one by one (each complete). A corrupt archive or a missing member is a
+    DataError naming the archive and ending with `hint` (what to do); nothing is left half-written.
+    Call it holding the lock (`prepare_once`, `exclusive`): temporary folders of an earlier process
+    that was killed while extracting are removed first.
+    """
+    archive, out_dir = Path(archive), Path(out_dir)
+    target = out_dir / member
+    for stale in out_dir.glob(".extract-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    print(f"extracting {archive} into {out_dir}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".extract-") as tmp:
+        try:
+            extract_archive(str(archive), tmp)
+        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, RuntimeError) as e:
+            raise DataError(f"{archive} could not be extracted ({e}): it is truncated or not the expected "
+                            f"archive; {hint}") from e
+        extracted = Path(tmp) / member
+        if not extracted.is_dir() or not complete(extracted):
+            raise DataError(f"{archive} does not contain a complete {member}/ folder; {hint}")
+        try:
+            os.rename(extracted, target)  # fails if target exists (non-empty) on Linux
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise
+            for item in extracted.iterdir():
+                os.replace(item, target / item.name)
+    return target
