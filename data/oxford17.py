@@ -452,13 +452,6 @@ class Oxford17(pl.LightningDataModule):
                 digest.update(t.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
-    @property
-    def split_info(self) -> dict:
-        """Where the split came from and a hash of its three member lists (for summary.json)."""
-        self.setup()
-        lists = {name: sorted(self.split_numbers[name]) for name in SPLIT_NAMES}
-        return {"source": self.split_source, "hash": hashlib.sha256(repr(lists).encode()).hexdigest()[:16]}
-
     # ---------------------------------------------------------------- loaders
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         # cached features are plain tensor indexing: worker processes would only add IPC cost

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from data.download import is_writable
 from errors import UserError
 
 MACHINE_FILE = "machine.json"
@@ -54,16 +55,11 @@ def atomic_save_figure(fig, path, dpi=110):
 
 
 def check_writable(folder, hint):
-    """Create `folder` if needed and prove it writable by creating and deleting a file in it, or raise
-    a UserError ending in `hint`. (For root, os.access says yes even to read-only mounts.)"""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
-            pass
-    except OSError as e:
-        raise UserError(f"folder {folder} is not writable ({e.strerror}); {hint}") from e
-    return folder
+    """Create `folder` if needed and prove it writable (data.download.is_writable really writes a file),
+    or raise a UserError ending in `hint`."""
+    if not is_writable(folder):
+        raise UserError(f"folder {folder} is not writable (or cannot be created); {hint}")
+    return Path(folder)
 
 
 # ----------------------------------------------------------------------------- summary.json
