@@ -57,9 +57,14 @@ def atomic_save_figure(fig, path, dpi=110):
 def check_writable(folder, hint):
     """Create `folder` if needed and prove it writable (data.download.is_writable really writes a file),
     or raise a UserError ending in `hint`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create folder {folder} ({e.strerror}); {hint}") from e
     if not is_writable(folder):
-        raise UserError(f"folder {folder} is not writable (or cannot be created); {hint}")
-    return Path(folder)
+        raise UserError(f"folder {folder} is not writable; {hint}")
+    return folder
 
 
 # ----------------------------------------------------------------------------- summary.json
