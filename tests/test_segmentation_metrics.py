@@ -89,3 +89,109 @@ def test_miou_and_flower_iou_equal_a_hand_counted_confusion(flowers):
         assert (masks == 255).any()
         assert got[f"{stage}/miou"] == pytest.approx(want["miou"], abs=1e-6), stage
         assert got[f"{stage}/iou_flower"] == pytest.approx(want[1], abs=1e-6), stage
+
+
+# ----------------------------------------------------------------------------- losses
+
+def test_loss_iou_trains_with_the_soft_iou(flowers, tmp_path, monkeypatch):
+    """The first training batch's loss is 1 - I/U per image (X = softmax flower probability, Y = flower
+    mask, sums over labelled pixels), averaged over the batch - not cross-entropy."""
+    spy = StepSpy(monkeypatch)
+    s = train(flowers, tmp_path, "--loss", "iou", "--epochs", 1)
+    assert s["loss"] == "iou"
+    first = spy.steps[0]
+    assert first["cached"] and (first["mask"] == 255).any()
+    logits = head_logits(first, first["mask"].shape[-2:])
+    x = logits.softmax(dim=1)[:, 1]
+    y = (first["mask"] == 1).float()
+    valid = (first["mask"] != 255).float()
+    inter = (x * y * valid).sum(dim=(1, 2))
+    union = ((x + y - x * y) * valid).sum(dim=(1, 2))
+    soft_iou = (1 - inter / union).mean().item()
+    ce = F.cross_entropy(logits, first["mask"], ignore_index=255).item()
+    assert abs(soft_iou - ce) > 1e-2
+    assert first["loss"] == pytest.approx(soft_iou, abs=1e-5)
+
+
+def test_unlabelled_background_counts_the_band_as_background(flowers, tmp_path, monkeypatch):
+    """--unlabelled background: every training mask is the trimap with its black band as background
+    (nothing ignored), the loss is cross-entropy over every pixel, and the test mIoU is counted with
+    the band as background."""
+    spy = StepSpy(monkeypatch)
+    s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 1, "--unlabelled", "background")
+    band_as_background = {segeval.load_mask(flowers, n, SIZE, "background").tobytes()
+                          for n in segeval.split_numbers(flowers, "train")}
+    seen = [m.numpy().astype(np.int64) for step in spy.steps for m in step["mask"]]
+    assert len(seen) == 12 and {m.tobytes() for m in seen} == band_as_background
+    first = spy.steps[0]
+    ce_all_pixels = F.cross_entropy(head_logits(first, first["mask"].shape[-2:]), first["mask"]).item()
+    assert first["loss"] == pytest.approx(ce_all_pixels, abs=1e-5)
+    want = segeval.checkpoint_iou(s["test_checkpoint"], flowers, SIZE, BATCH, unlabelled="background")
+    ignored = segeval.checkpoint_iou(s["test_checkpoint"], flowers, SIZE, BATCH, unlabelled="ignore")
+    assert abs(want["miou"] - ignored["miou"]) > 1e-3
+    assert s["test_miou"] == pytest.approx(want["miou"], abs=1e-6)
+    assert s["test_iou_flower"] == pytest.approx(want[1], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_test_split_is_scored_with_the_best_checkpoint_when_best_is_not_last(flowers, tmp_path, monkeypatch):
+    """Epoch 2 starts from a layer that calls every pixel flower (worse than epoch 1), so the best
+    checkpoint is epoch 1's; the summary's test numbers are that checkpoint's, recomputed here."""
+
+    def all_flower_at_epoch_2(module):
+        if module.current_epoch == 1:
+            with torch.no_grad():
+                module.model.last_layer.weight.zero_()
+                module.model.last_layer.bias.copy_(torch.tensor([-5.0, 5.0]))
+
+    monkeypatch.setattr(segmentation.SegmentationModule, "on_train_epoch_start", all_flower_at_epoch_2, raising=False)
+    s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 2)
+    assert s["epochs"] == 2 and s["best_val_miou_epoch"] == 0
+    assert s["history"][0]["val/miou"] > s["history"][1]["val/miou"] + 1e-3
+    checkpoints = tmp_path / "logs" / "segmentation" / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+    best = segeval.checkpoint_iou(checkpoints / "best-epoch000.ckpt", flowers, SIZE, BATCH)
+    last = segeval.checkpoint_iou(checkpoints / "last.ckpt", flowers, SIZE, BATCH)
+    assert abs(best["miou"] - last["miou"]) > 1e-3
+    assert s["test_miou"] == pytest.approx(best["miou"], abs=1e-6)
+    assert s["test_iou_flower"] == pytest.approx(best[1], abs=1e-6)
+    # and the validation numbers of the summary are the best checkpoint's too
+    assert s["best_val_miou"] == pytest.approx(segeval.checkpoint_iou(checkpoints / "best-epoch000.ckpt", flowers,
+                                                                       SIZE, BATCH, "val")["miou"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- other data paths
+
+def test_no_feature_cache_trains_the_full_network_end_to_end(flowers, tmp_path, monkeypatch):
+    spy = StepSpy(monkeypatch)
+    s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 1, "--no-feature-cache")
+    assert s["feature_cache"] is False and s["epochs"] == 1
+    assert len(spy.steps) == 3 and all(not step["cached"] and step["x"].shape[1:] == (3, SIZE, SIZE)
+                                       for step in spy.steps)
+    want = segeval.checkpoint_iou(s["test_checkpoint"], flowers, SIZE, BATCH)
+    assert s["test_miou"] == pytest.approx(want["miou"], abs=1e-6)
+    assert s["test_iou_flower"] == pytest.approx(want[1], abs=1e-6)
+
+
+def test_augment_flips_training_pairs_end_to_end(flowers, tmp_path, monkeypatch):
+    """--augment: the full network runs on images (no cache); every training item is a train image
+    with its own mask, both mirrored or neither, and some are mirrored (12 images: p = 2**-12 that
+    none is)."""
+    spy = StepSpy(monkeypatch)
+    s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 1, "--augment")
+    assert s["feature_cache"] is False and s["epochs"] == 1
+    assert all(not step["cached"] and step["x"].shape[1:] == (3, SIZE, SIZE) for step in spy.steps)
+    numbers = segeval.split_numbers(flowers, "train")
+    images = {n: torch.from_numpy(segeval.load_image(flowers, n, SIZE)) for n in numbers}
+    masks = {n: segeval.load_mask(flowers, n, SIZE) for n in numbers}
+    flipped = []
+    for step in spy.steps:
+        for x, mask in zip(step["x"], step["mask"].numpy()):
+            [(n, flip)] = [(n, flip) for n in numbers for flip in (False, True)
+                           if torch.allclose(x, images[n].flip(-1) if flip else images[n], atol=1e-5)]
+            np.testing.assert_array_equal(mask, masks[n][:, ::-1] if flip else masks[n])
+            flipped.append(flip)
+    assert len(flipped) == 12 and 0 < sum(flipped) < 12
+    want = segeval.checkpoint_iou(s["test_checkpoint"], flowers, SIZE, BATCH)
+    assert s["test_miou"] == pytest.approx(want["miou"], abs=1e-6)
