@@ -3,14 +3,13 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from tests import coloreval
 from tests.conftest import REPO
-from tests.fixtures.cifar import make_images, write_cifar_folder
+from tests.fixtures.cifar import write_cifar_folder
 from tests.tb import read_scalars, read_image_tags
 
 
@@ -35,25 +34,6 @@ def one_epoch_run(cifar_dir, tmp_path_factory):
     return out, proc
 
 
-def val_loss_and_accuracy(ckpt_path, n_per_batch=20, horse_every=2):
-    """Validation cross-entropy and pixel accuracy of a checkpoint, recomputed here: the fixture's
-    test_batch horses (every horse_every-th image, written from make_images(n, 5)) to grey (mean of
-    R, G, B) and to the nearest colour of the checkpoint's palette, then the checkpoint's model."""
-    from colorization import ColorizationModule
-
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    rgb = make_images(n_per_batch, 5)[::horse_every].astype(np.float64)  # test_batch = the 6th file
-    grey = torch.from_numpy(rgb.mean(axis=1, keepdims=True) / 255).float()
-    palette = np.asarray(checkpoint["palette"], np.float64)
-    distances = ((rgb[:, None] / 255 - palette[None, :, :, None, None]) ** 2).sum(axis=2)
-    target = torch.from_numpy(distances.argmin(axis=1))
-    module = ColorizationModule(**checkpoint["hyper_parameters"])
-    module.load_state_dict(checkpoint["state_dict"])
-    with torch.no_grad():
-        logits = module.eval()(grey)
-    return F.cross_entropy(logits, target).item(), (logits.argmax(dim=1) == target).float().mean().item()
-
-
 def test_cli_writes_summary_figures_logs_and_checkpoints(one_epoch_run):
     out, proc = one_epoch_run
     runs = list((out / "results" / "colorization").iterdir())
@@ -75,9 +55,9 @@ def test_cli_writes_summary_figures_logs_and_checkpoints(one_epoch_run):
     ckpts = {p.name for p in (logs / "checkpoints").iterdir()}
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
     # the summary's numbers are the trained weights' on the validation horses, recomputed here
-    loss, accuracy = val_loss_and_accuracy(logs / "checkpoints" / "last.ckpt")
-    assert summary["final_val_loss"] == pytest.approx(loss, abs=1e-5)
-    assert summary["final_val_acc"] == pytest.approx(accuracy, abs=1e-6)
+    recomputed = coloreval.val_metrics(logs / "checkpoints" / "last.ckpt")
+    assert summary["final_val_loss"] == pytest.approx(recomputed["loss"], abs=1e-5)
+    assert summary["final_val_acc"] == pytest.approx(recomputed["acc"], abs=1e-6)
     assert "best val loss" in proc.stdout
 
 
