@@ -304,13 +304,19 @@ def test_segment_images_of_any_size_and_mode(flower_run, images, capsys):
 
 
 def test_mask_is_made_at_training_size_and_resized_back_nearest():
+    """The model sees image_size x image_size; its 0/1 mask goes back to the image's (H, W) by
+    nearest neighbour, as Pillow samples it (the pixel whose centre is nearest: source index
+    floor((i + 0.5) * scale), never a tie for the odd factors 3 and 5 used here).
+
+    A random 0/1 mask shrunk 30x30 -> (H 10, W 6) must be exactly mask[1::3, 2::5]. Upscaling
+    would not tell: Pillow resizes one axis at a time and rounds in between, so a 0/1 bilinear
+    upscale equals nearest neighbour; when shrinking, bilinear (antialiased) averages 3x5 pixels."""
     from inference.segment import segment
 
-    prep = {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+    prep = {"image_size": 30, "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+    pattern = np.random.default_rng(0).integers(0, 2, (30, 30), dtype=np.uint8)
 
-    class LeftHalfIsFlower(torch.nn.Module):
-        """Flower where the model's (64 px) input column is in the left half: both classes present."""
-
+    class FixedMask(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.seen = None
@@ -318,14 +324,13 @@ def test_mask_is_made_at_training_size_and_resized_back_nearest():
 
         def forward(self, x):
             self.seen = tuple(x.shape)
-            flower = (torch.arange(x.shape[-1]) < x.shape[-1] // 2).float().expand(x.shape[0], x.shape[-2], -1)
+            flower = torch.from_numpy(pattern).float().expand(x.shape[0], -1, -1)
             return torch.stack([1 - flower, flower], dim=1)
 
-    stub = LeftHalfIsFlower()
-    mask = segment(stub, np.zeros((23, 37, 3), np.uint8), prep)
-    assert stub.seen == (1, 3, 64, 64) and mask.shape == (23, 37)
-    assert set(np.unique(mask)) == {0, 1}
-    assert mask[:, :18].all() and not mask[:, 19:].any()
+    stub = FixedMask()
+    mask = segment(stub, np.zeros((10, 6, 3), np.uint8), prep)
+    assert stub.seen == (1, 3, 30, 30) and mask.shape == (10, 6) and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, pattern[1::3, 2::5])
 
 
 @pytest.mark.slow

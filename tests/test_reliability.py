@@ -293,10 +293,18 @@ def test_every_result_writer_goes_through_training_files():
 
 
 def test_checkpoints_load_weights_only(world):
-    """What the CLIs write loads without unpickling anything but tensors and plain containers."""
-    for ckpt in (world / "logs").rglob("*.ckpt"):
+    """What the CLIs write loads without unpickling anything but tensors and plain containers: the
+    earlier (fixture) run of each task holds exactly a best and a last checkpoint, and every
+    checkpoint in logs/ (other tests of this module may add some) is stamped with its task."""
+    for task in ("colorization", "segmentation"):
+        run = sorted((world / "results" / task).glob("*/summary.json"))[0].parent.name  # the earlier run's
+        names = sorted(p.name for p in (world / "logs" / task / run / "checkpoints").glob("*.ckpt"))
+        assert len(names) == 2 and names[0].startswith("best-epoch") and names[1] == "last.ckpt", names
+    checkpoints = sorted((world / "logs").rglob("*.ckpt"))
+    assert len(checkpoints) >= 4
+    for ckpt in checkpoints:
         state = torch.load(ckpt, weights_only=True, map_location="cpu")
-        assert state["image2image"]["task"] in ("colorization", "segmentation")
+        assert state["image2image"]["task"] == ckpt.relative_to(world / "logs").parts[0], ckpt
 
 
 def test_summaries_record_seed_versions_and_data(world):

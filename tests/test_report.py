@@ -1,8 +1,10 @@
 """report.py --quick on the small fixtures: files written, tables parse, finished runs are skipped."""
 import math
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from PIL import Image
 import report
 from reporting.decodings import decoding_metrics
 from reporting.markdown import parse_tables, table
+from tests import coloreval, segeval
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
@@ -43,12 +46,27 @@ def quick(data, tmp_path_factory):
     return out / "results", argv
 
 
+def this_cpu_model():
+    """This machine's CPU model as lscpu (LC_ALL=C) or /proc/cpuinfo names it."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}).stdout
+        models = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name:")]
+    except OSError:
+        models = []
+    if not models and Path("/proc/cpuinfo").exists():
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+    if not models:
+        pytest.skip("neither lscpu nor /proc/cpuinfo names this machine's CPU")
+    return models[0]
+
+
 def tables_by_first_header(text):
     return {list(t[0])[0]: t for t in parse_tables(text) if t}
 
 
 @slow
-def test_report_has_every_section_and_its_tables_parse(quick):
+def test_report_has_every_section_and_its_tables_parse(quick, data):
     results, _ = quick
     text = (results / "REPORT.md").read_text()
     assert "Smoke run (`--quick`)" in text and "Pipeline check, not the homework's number" in text
@@ -57,9 +75,20 @@ def test_report_has_every_section_and_its_tables_parse(quick):
     models = next(t for t in tables if list(t[0])[:2] == ["model", "epochs"])
     assert [r["model"] for r in models] == ["PoolUpsampleNet", "ConvTransposeNet", "UNet", "uniform guess (ln 24)"]
     assert [r["published val loss"] for r in models] == ["1.585", "1.157", "1.051", "3.178"]
-    for row in models[:3]:
-        assert row["epochs"] == "1" and 0 < float(row["final val loss"]) < 10
-        assert 0 <= float(row["final val acc"].rstrip(" %")) <= 100
+    runs = next(t for t in tables if list(t[0])[0] == "part")
+    folders = {part: [r["run folder"].strip("`") for r in runs if r["part"] == part]
+               for part in ("colourisation", "segmentation")}
+    logs = results.parent / "logs"
+    colour = {}  # model -> its run's numbers recomputed from its last checkpoint
+    for folder in folders["colourisation"]:
+        colour[folder.split("/")[1].split("-")[0]] = coloreval.val_metrics(
+            logs / folder / "checkpoints" / "last.ckpt", n_per_batch=8, horse_every=2)
+    assert list(colour) == [r["model"] for r in models[:3]]
+    for row in models[:3]:  # the table rounds loss to 3 decimals, accuracy to 0.1 %
+        assert row["epochs"] == "1"
+        assert float(row["final val loss"]) == pytest.approx(colour[row["model"]]["loss"], abs=5e-4 + 1e-6)
+        assert float(row["final val acc"].rstrip(" %")) == pytest.approx(100 * colour[row["model"]]["acc"],
+                                                                         abs=0.05 + 1e-6)
     assert models[3]["final val loss"] == f"{math.log(24):.3f}"
     layers = next(t for t in tables if list(t[0])[0] == "layer")
     assert layers[-1]["weights"] == "49248" and layers[-1]["connections"] == "13271040"
@@ -71,14 +100,22 @@ def test_report_has_every_section_and_its_tables_parse(quick):
     assert [int(r["batch size"]) for r in sweep] == [8, 16]
     assert [r["steps per epoch"] for r in sweep] == ["3", "2"]  # 20 train horses
     decodings = next(t for t in tables if list(t[0])[0] == "decoding")
-    assert len(decodings) == 2 and all(0 <= float(r["mean abs RGB error (0-255)"]) <= 255 for r in decodings)
+    assert len(decodings) == 2
+    assert float(decodings[0]["mean abs RGB error (0-255)"]) == pytest.approx(colour["UNet"]["mae_rgb"], abs=5e-3 + 1e-6)
     assert decodings[0]["val pixel accuracy"] == models[2]["final val acc"]  # argmax = the UNet run's accuracy
     seg = next(t for t in tables if list(t[0])[0] == "loss")
     assert [(r["loss"], r["weights"], r["image px"]) for r in seg] == [("ce", "random (none)", "64"),
                                                                      ("iou", "random (none)", "64")]
-    assert all(0 <= float(r["best val mIoU (epoch)"].split()[0]) <= 1 for r in seg)
-    runs = next(t for t in tables if list(t[0])[0] == "part")
-    assert len(runs) == 3 + 2 + 2 and all("Intel" in r["machine"] or "CPU" in r["machine"] for r in runs)
+    assert [f.split("/")[1].split("-")[0] for f in folders["segmentation"]] == ["ce", "iou"]
+    for row, folder in zip(seg, folders["segmentation"]):  # best = last: one epoch
+        best = logs / folder / "checkpoints" / "best-epoch000.ckpt"
+        val, test = (segeval.checkpoint_iou(best, data / "oxford17", 64, 4, split) for split in ("val", "test"))
+        assert row["best val mIoU (epoch)"].endswith(" (1)")
+        assert float(row["best val mIoU (epoch)"].split()[0]) == pytest.approx(val["miou"], abs=5e-4 + 1e-6)
+        assert float(row["test mIoU"]) == pytest.approx(test["miou"], abs=5e-4 + 1e-6)
+    assert len(runs) == 3 + 2 + 2
+    cpu = this_cpu_model()
+    assert all(r["machine"].startswith(f"{cpu}, {os.cpu_count()} logical CPUs") for r in runs), (cpu, runs)
 
 
 @slow

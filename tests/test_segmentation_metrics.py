@@ -1,0 +1,197 @@
+"""segmentation.py's numbers against numbers recomputed here (tests/segeval.py): mIoU and flower IoU
+from a hand-counted confusion, the soft IoU loss by its formula, the test split scored with the best
+checkpoint, and the --no-feature-cache, --augment and --unlabelled background paths end to end.
+
+The CLI runs in this process (tests.clirun.run_main) on the tiny Oxford17 fixture (split 1: 12 train,
+6 val, 6 test images) with a random frozen MobileNetV3 trunk at 64 px; each run takes seconds.
+"""
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+import segmentation
+from data.oxford17 import Oxford17
+from tests import segeval
+from tests.clirun import run_main, summary
+from tests.fixtures.oxford17 import write_oxford17
+
+SIZE, BATCH = 64, 4
+FAST = ["--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", SIZE, "--batch-size", BATCH,
+        "--accelerator", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory):
+    return write_oxford17(tmp_path_factory.mktemp("oxford17"))
+
+
+def train(flowers, tmp_path, *flags, run="run"):
+    """Run segmentation.py in process; returns its summary."""
+    out = ["--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "logs", "--run-name", run]
+    code, _, err = run_main(segmentation.main, [*FAST, "--data-dir", flowers, *out, *flags])
+    assert code == 0, err[-3000:]
+    return summary(tmp_path / "results", "segmentation", run)
+
+
+class StepSpy:
+    """Records every training batch (inputs, masks), the new layer's weights before the step, and
+    the loss the step returned."""
+
+    def __init__(self, monkeypatch):
+        self.steps = []
+        real = segmentation.SegmentationModule.training_step
+
+        def spy(module, batch, batch_idx):
+            x, mask = batch
+            layer = module.model.last_layer
+            record = {"epoch": module.current_epoch, "x": x.detach().clone(), "mask": mask.clone(),
+                      "cached": module.cached, "weight": layer.weight.detach().clone(),
+                      "bias": layer.bias.detach().clone()}
+            loss = real(module, batch, batch_idx)
+            record["loss"] = loss.item()
+            self.steps.append(record)
+            return loss
+
+        monkeypatch.setattr(segmentation.SegmentationModule, "training_step", spy)
+
+
+def head_logits(step, size):
+    """Logits of the new 1x1 layer on cached features, by hand: W x + b, then bilinear upsampling."""
+    w = step["weight"][:, :, 0, 0]
+    logits = torch.einsum("nchw,kc->nkhw", step["x"], w) + step["bias"].view(1, -1, 1, 1)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+# ----------------------------------------------------------------------------- the metric path
+
+def test_miou_and_flower_iou_equal_a_hand_counted_confusion(flowers):
+    """Predictions we control (flower where the normalised red channel exceeds -0.5) fed through the
+    module's val and test metric path, in batches of 4 (6 images: batches of 4 and 2)."""
+    dm = Oxford17(data_dir=flowers, image_size=SIZE, batch_size=BATCH, download=False)
+    module = segmentation.SegmentationModule(backbone="mobilenet_v3_large", weights=None, image_size=SIZE)
+    module._logits = lambda x, size, cached: torch.stack([torch.full_like(x[:, 0], -0.5), x[:, 0]], dim=1)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    got = {**trainer.validate(module, datamodule=dm, verbose=False)[0],
+           **trainer.test(module, datamodule=dm, verbose=False)[0]}
+    for stage, split in (("val", "val"), ("test", "test")):
+        images, masks = segeval.load_split(flowers, split, SIZE)
+        preds = (images[:, 0] > -0.5).numpy().astype(np.int64)
+        want = segeval.iou_from_confusion(preds, masks)
+        # the fixture must tell the right answer from the usual wrong ones: a mean of batch values,
+        # the last batch alone, background's IoU for the flower's, a micro average
+        batches = [segeval.iou_from_confusion(preds[i:i + BATCH], masks[i:i + BATCH]) for i in (0, BATCH)]
+        wrong = [np.mean([b["miou"] for b in batches]), np.mean([b[1] for b in batches]), batches[-1]["miou"],
+                 batches[-1][1], want[0], np.mean(preds[masks != 255] == masks[masks != 255])]
+        assert min(abs(w - v) for w in wrong for v in (want[1], want["miou"])) > 1e-3 and want[1] > 0.1
+        assert (masks == 255).any()
+        assert got[f"{stage}/miou"] == pytest.approx(want["miou"], abs=1e-6), stage
+        assert got[f"{stage}/iou_flower"] == pytest.approx(want[1], abs=1e-6), stage
+
+
+# ----------------------------------------------------------------------------- losses
+
+def test_loss_iou_trains_with_the_soft_iou(flowers, tmp_path, monkeypatch):
+    """The first training batch's loss is 1 - I/U per image (X = softmax flower probability, Y = flower
+    mask, sums over labelled pixels), averaged over the batch - not cross-entropy."""
+    spy = StepSpy(monkeypatch)
+    s = train(flowers, tmp_path, "--loss", "iou", "--epochs", 1)
+    assert s["loss"] == "iou"
+    first = spy.steps[0]
+    assert first["cached"] and (first["mask"] == 255).any()
+    logits = head_logits(first, first["mask"].shape[-2:])
+    x = logits.softmax(dim=1)[:, 1]
+    y = (first["mask"] == 1).float()
+    valid = (first["mask"] != 255).float()
+    inter = (x * y * valid).sum(dim=(1, 2))
+    union = ((x + y - x * y) * valid).sum(dim=(1, 2))
+    soft_iou = (1 - inter / union).mean().item()
+    ce = F.cross_entropy(logits, first["mask"], ignore_index=255).item()
+    assert abs(soft_iou - ce) > 1e-2
+    assert first["loss"] == pytest.approx(soft_iou, abs=1e-5)
+
+
+def test_unlabelled_background_counts_the_band_as_background(flowers, tmp_path, monkeypatch):
+    """--unlabelled background: every training mask is the trimap with its black band as background
+    (nothing ignored), the loss is cross-entropy over every pixel, and the test mIoU is counted with
+    the band as background."""
+    spy = StepSpy(monkeypatch)
+    s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 1, "--unlabelled", "background")
+    band_as_background = {segeval.load_mask(flowers, n, SIZE, "background").tobytes()
+                          for n in segeval.split_numbers(flowers, "train")}
+    seen = [m.numpy().astype(np.int64) for step in spy.steps for m in step["mask"]]
+    assert len(seen) == 12 and {m.tobytes() for m in seen} == band_as_background
+    first = spy.steps[0]
+    ce_all_pixels = F.cross_entropy(head_logits(first, first["mask"].shape[-2:]), first["mask"]).item()
+    assert first["loss"] == pytest.approx(ce_all_pixels, abs=1e-5)
+    want = segeval.checkpoint_iou(s["test_checkpoint"], flowers, SIZE, BATCH, unlabelled="background")
+    ignored = segeval.checkpoint_iou(s["test_checkpoint"], flowers, SIZE, BATCH, unlabelled="ignore")
+    assert abs(want["miou"] - ignored["miou"]) > 1e-3
+    assert s["test_miou"] == pytest.approx(want["miou"], abs=1e-6)
+    assert s["test_iou_flower"] == pytest.approx(want[1], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def test_test_split_is_scored_with_the_best_checkpoint_when_best_is_not_last(flowers, tmp_path, monkeypatch):
+    """Epoch 2 starts from a layer that calls every pixel flower (worse than epoch 1), so the best
+    checkpoint is epoch 1's; the summary's test numbers are that checkpoint's, recomputed here."""
+
+    def all_flower_at_epoch_2(module):
+        if module.current_epoch == 1:
+            with torch.no_grad():
+                module.model.last_layer.weight.zero_()
+                module.model.last_layer.bias.copy_(torch.tensor([-5.0, 5.0]))
+
+    monkeypatch.setattr(segmentation.SegmentationModule, "on_train_epoch_start", all_flower_at_epoch_2, raising=False)
+    s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 2)
+    assert s["epochs"] == 2 and s["best_val_miou_epoch"] == 0
+    assert s["history"][0]["val/miou"] > s["history"][1]["val/miou"] + 1e-3
+    checkpoints = tmp_path / "logs" / "segmentation" / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+    best = segeval.checkpoint_iou(checkpoints / "best-epoch000.ckpt", flowers, SIZE, BATCH)
+    last = segeval.checkpoint_iou(checkpoints / "last.ckpt", flowers, SIZE, BATCH)
+    assert abs(best["miou"] - last["miou"]) > 1e-3
+    assert s["test_miou"] == pytest.approx(best["miou"], abs=1e-6)
+    assert s["test_iou_flower"] == pytest.approx(best[1], abs=1e-6)
+    # and the validation numbers of the summary are the best checkpoint's too
+    assert s["best_val_miou"] == pytest.approx(segeval.checkpoint_iou(checkpoints / "best-epoch000.ckpt", flowers,
+                                                                       SIZE, BATCH, "val")["miou"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- other data paths
+
+def test_no_feature_cache_trains_the_full_network_end_to_end(flowers, tmp_path, monkeypatch):
+    spy = StepSpy(monkeypatch)
+    s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 1, "--no-feature-cache")
+    assert s["feature_cache"] is False and s["epochs"] == 1
+    assert len(spy.steps) == 3 and all(not step["cached"] and step["x"].shape[1:] == (3, SIZE, SIZE)
+                                       for step in spy.steps)
+    want = segeval.checkpoint_iou(s["test_checkpoint"], flowers, SIZE, BATCH)
+    assert s["test_miou"] == pytest.approx(want["miou"], abs=1e-6)
+    assert s["test_iou_flower"] == pytest.approx(want[1], abs=1e-6)
+
+
+def test_augment_flips_training_pairs_end_to_end(flowers, tmp_path, monkeypatch):
+    """--augment: the full network runs on images (no cache); every training item is a train image
+    with its own mask, both mirrored or neither, and some are mirrored (12 images: p = 2**-12 that
+    none is)."""
+    spy = StepSpy(monkeypatch)
+    s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 1, "--augment")
+    assert s["feature_cache"] is False and s["epochs"] == 1
+    assert all(not step["cached"] and step["x"].shape[1:] == (3, SIZE, SIZE) for step in spy.steps)
+    numbers = segeval.split_numbers(flowers, "train")
+    images = {n: torch.from_numpy(segeval.load_image(flowers, n, SIZE)) for n in numbers}
+    masks = {n: segeval.load_mask(flowers, n, SIZE) for n in numbers}
+    flipped = []
+    for step in spy.steps:
+        for x, mask in zip(step["x"], step["mask"].numpy()):
+            [(n, flip)] = [(n, flip) for n in numbers for flip in (False, True)
+                           if torch.allclose(x, images[n].flip(-1) if flip else images[n], atol=1e-5)]
+            np.testing.assert_array_equal(mask, masks[n][:, ::-1] if flip else masks[n])
+            flipped.append(flip)
+    assert len(flipped) == 12 and 0 < sum(flipped) < 12
+    want = segeval.checkpoint_iou(s["test_checkpoint"], flowers, SIZE, BATCH)
+    assert s["test_miou"] == pytest.approx(want["miou"], abs=1e-6)
