@@ -55,6 +55,8 @@ def colorization_wanted(args):
         # data not extracted yet: None matches no stored folder, so the run trains
         "data.folder": str(folder) if folder else None,
         "data.palette": str(args.palette or "default"),
+        # older summaries have no "rebalance": they were all trained with the plain cross-entropy
+        "hyperparameters": lambda hp: hp.get("rebalance") == getattr(args, "rebalance", None),
     }
 
 
