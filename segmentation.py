@@ -29,6 +29,7 @@ from training.resume import start_run
 from training.metrics import BatchMean
 from training.perf import ChannelsLast, add_perf_args
 from training.summary import write_summary
+from training.tensorboard import custom_scalars
 from training.trainer import build_trainer
 
 TASK = "segmentation"
@@ -185,6 +186,7 @@ def train(args):
     run, resume_from = start_run(TASK, f"{args.loss}-{args.backbone}", args, module.hparams)
     trainer, history, checkpoint = build_trainer(run, args.epochs, "val/miou", "max", trainer_flags(args),
                                                  callbacks=[validation_grid(), ChannelsLast(args.channels_last),
+                                                            custom_scalars(TASK),  # training/tensorboard.py
                                                             *reliability_callbacks(TASK, run, args)])
     start = time.perf_counter()
     fit(trainer, module, datamodule, resume_from, TASK, args)

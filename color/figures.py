@@ -91,3 +91,31 @@ def save_colour_figures(quality, folder, name):
         plt.close(fig)
         paths.append(folder / file)
     return paths
+
+
+def recall_comparison_figure(qualities, title):
+    """Recall per palette colour for several runs ({label: quality}), colours ordered by target share of
+    the first run (commonest left), the target share printed under each bar group."""
+    labels = list(qualities)
+    first = qualities[labels[0]]
+    colours = np.clip(np.array(first["palette"]), 0, 1)
+    target = np.array(first["target_share"])
+    order = list(np.argsort(-target, kind="stable"))
+    x = np.arange(len(order))
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    for i, label in enumerate(labels):
+        recall = [qualities[label]["recall"][q] for q in order]
+        ax.bar(x - 0.4 + width * (i + 0.5), [100 * r if r is not None else 0 for r in recall], width, label=label)
+    for i, q in enumerate(order):
+        ax.text(i, 101, f"{100 * target[q]:.1f}", ha="center", va="bottom", fontsize=6, color="#444444")
+    ax.set_ylim(0, 110)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_ylabel("recall (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    _swatches(ax, colours, order)
+    ax.set_xlabel("palette colour, ordered by share of target pixels (% printed above the bars)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
