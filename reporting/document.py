@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from reporting.markdown import table
-from reporting.rebalancing import rebalance_section
+from reporting.rebalancing import extra_runs, rebalance_section
 from training.machine import machine_text, read_machine
 
 
@@ -55,6 +55,7 @@ def header(ctx):
     cmd = " ".join(["python report.py", *ctx["argv"]])
     trained = sum(t for _, t in [*ctx["colour"].values(), *ctx["seg"].values()]) + ctx["sweep"]["trained"]
     total = len(ctx["colour"]) + len(ctx["seg"]) + len(ctx["sweep"]["summaries"])
+    trained, total = trained + sum(t for _, _, t in extra_runs(ctx)), total + len(extra_runs(ctx))
     lines = ["# Image-to-image CNNs: results report", ""]
     if args.quick:
         lines += ["> **Smoke run (`--quick`)**: 1 epoch per run (segmentation at "
@@ -322,6 +323,7 @@ def runs_section(ctx):
     parts = [("colourisation", s) for s, _ in ctx["colour"].values()]
     parts += [("batch sweep", s) for s in ctx["sweep"]["summaries"]]
     parts += [("segmentation", s) for s, _ in ctx["seg"].values()]
+    parts += [(part, s) for part, s, _ in extra_runs(ctx)]
     for part, s in parts:
         rows.append([part, f"`{rel(run_folder(ctx, s), results)}`", s["epochs"], secs(s["wall_seconds"]),
                      machine_text(read_machine(run_folder(ctx, s)))])

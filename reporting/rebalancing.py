@@ -35,15 +35,16 @@ def compare_rebalancing(args, colour_runs, figures, colour_args, log=print):
     a = colour_args(args, MODEL)
     a.rebalance = LAMBDA
     log(f"colorization {MODEL} --rebalance {LAMBDA:g}: {a.epochs} epoch(s), batch {a.batch_size}")
-    runs = {"homework": colour_runs[MODEL][0], "rebalanced": train_or_reuse(a, log)[0]}
+    rebalanced, trained = train_or_reuse(a, log)
+    runs = {"homework": colour_runs[MODEL][0], "rebalanced": rebalanced}
     ckpts = {k: checkpoint_path(s, "last", args.logs_dir) for k, s in runs.items()}
     missing = [s["run"] for k, s in runs.items() if ckpts[k] is None]
     if missing:
-        return {"missing": missing}
+        return {"missing": missing, "run": (rebalanced, trained)}
     dm = CIFARHorses(data_dir=args.data_dir_cifar, batch_size=args.batch_size)
     dm.setup()
     grey, target = dm.val_set.tensors
-    out = {"lambda": LAMBDA, "images": len(grey), "train_images": dm.source["train"]}
+    out = {"lambda": LAMBDA, "images": len(grey), "train_images": dm.source["train"], "run": (rebalanced, trained)}
     modules = {}
     for key, summary in runs.items():
         module = ColorizationModule.load_from_checkpoint(str(ckpts[key]), map_location="cpu").eval()
@@ -68,6 +69,15 @@ def compare_rebalancing(args, colour_runs, figures, colour_args, log=print):
     atomic_save_figure(fig, figures.path("rebalancing_recall.png"))
     plt.close(fig)
     return out
+
+
+def extra_runs(ctx):
+    """[(part, summary, trained now)] of the runs this section adds to the report's run count and table."""
+    r = ctx.get("rebalancing")
+    if not r or "run" not in r:
+        return []
+    summary, trained = r["run"]
+    return [(f"colourisation, --rebalance {LAMBDA:g}", summary, trained)]
 
 
 def _pct(x):
@@ -120,7 +130,7 @@ def rebalance_section(ctx):
         f"Zhang's 313 ab bins, and the reweighting is mild.", "",
         f"**What changed.** The colourfulness of the predictions went from {qh['colourfulness_pred']:.1f} to "
         f"{qr['colourfulness_pred']:.1f} (ratio to the truth {qh['colourfulness_ratio']:.2f} -> "
-        f"{qr['colourfulness_ratio']:.2f}); the mean recall over the 24 colours changed by "
+        f"{qr['colourfulness_ratio']:.2f}){_spread(hw['summary'], rb['summary'])}; the mean recall over the 24 colours changed by "
         f"{_change(qr['mean_recall'], qh['mean_recall'], ' points', 1, 100)}; "
         f"recall rose for {len(more)} colours and fell for {len(fewer)}. The recall of the rarest colours went "
         + ", ".join(f"{c}: {_pct(qh['recall'][c])} -> {_pct(qr['recall'][c])}" for c in rare) + ". "
@@ -134,6 +144,18 @@ def rebalance_section(ctx):
         f"({ctx['figures'].link('rebalancing.png')})", "",
         f"![recall per palette colour, both runs]({ctx['figures'].link('rebalancing_recall.png')})"]
     return "\n".join(lines)
+
+
+def _spread(old, new, last=10):
+    """', and over the last N epochs it ranged a-b (homework) vs c-d (rebalanced)' from the histories."""
+    ranges = []
+    for s in (old, new):
+        values = [h["val/colourfulness_pred"] for h in s.get("history", []) if "val/colourfulness_pred" in h][-last:]
+        if len(values) < 2:
+            return ""
+        ranges.append(f"{min(values):.1f}-{max(values):.1f}")
+    n = min(last, len(old["history"]), len(new["history"]))
+    return f"; over the last {n} epochs it ranged {ranges[0]} (homework) vs {ranges[1]} (rebalanced)"
 
 
 def _gains(old, new):

@@ -157,3 +157,33 @@ def test_old_checkpoints_without_weights_still_load(tmp_path, cifar_dir, capsys)
 def test_rebalance_outside_0_1_is_one_clear_error(value, capsys):
     code, _, err = run_main(colorization.main, ["UNet", "--rebalance", value], capsys)
     assert code == 2 and len(error_lines(err)) == 1 and "--rebalance" in err
+
+
+def test_finished_runs_are_reused_only_with_the_same_loss(tmp_path, cifar_dir):
+    """report.py and the sweep reuse finished runs: a rebalanced run never stands in for the homework's,
+    and summaries written before --rebalance existed count as plain cross-entropy."""
+    import json
+
+    from colorization_sweep import colorization_wanted, sweep_settings
+    from training.finished import find_finished
+
+    def write(name, **hp):
+        args = colorization.parse_args(["UNet", "--data-dir", str(cifar_dir)])
+        wanted = colorization_wanted(args)
+        s = {"task": "colorization", "model": "UNet", "epochs": 25, "batch_size": 100, "seed": 0,
+             "hyperparameters": {"kernel": 3, "num_filters": 32, "lr": 1e-3, "optimizer": "adamw",
+                                 "weight_decay": 0.0, **hp},
+             "data": {"folder": wanted["data.folder"], "palette": "default"}}
+        (tmp_path / "colorization" / name).mkdir(parents=True)
+        (tmp_path / "colorization" / name / "summary.json").write_text(json.dumps(s))
+
+    write("old")                     # no "rebalance" key at all
+    write("half", rebalance=0.5)
+    plain = colorization.parse_args(["UNet", "--data-dir", str(cifar_dir)])
+    half = colorization.parse_args(["UNet", "--data-dir", str(cifar_dir), "--rebalance", "0.5"])
+    other = colorization.parse_args(["UNet", "--data-dir", str(cifar_dir), "--rebalance", "0.25"])
+    assert find_finished(tmp_path, "colorization", colorization_wanted(plain))[0].name == "old"
+    assert find_finished(tmp_path, "colorization", colorization_wanted(half))[0].name == "half"
+    assert find_finished(tmp_path, "colorization", colorization_wanted(other)) is None
+    # a sweep's settings name the loss only when it is not the homework's (earlier sweeps still match)
+    assert "rebalance" not in sweep_settings(plain, [32]) and sweep_settings(half, [32])["rebalance"] == 0.5

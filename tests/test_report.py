@@ -43,6 +43,10 @@ def quick(data, tmp_path_factory):
     return out / "results", argv
 
 
+def runs_part(tables):
+    return " ".join(r["part"] for r in next(t for t in tables if list(t[0])[0] == "part"))
+
+
 def tables_by_first_header(text):
     return {list(t[0])[0]: t for t in parse_tables(text) if t}
 
@@ -73,12 +77,18 @@ def test_report_has_every_section_and_its_tables_parse(quick):
     decodings = next(t for t in tables if list(t[0])[0] == "decoding")
     assert len(decodings) == 2 and all(0 <= float(r["mean abs RGB error (0-255)"]) <= 255 for r in decodings)
     assert decodings[0]["val pixel accuracy"] == models[2]["final val acc"]  # argmax = the UNet run's accuracy
+    rebalance = next(t for t in tables if list(t[0])[0] == "UNet run")
+    assert [r["UNet run"].split(" (")[0] for r in rebalance] == ["homework: plain cross-entropy",
+                                                                  "rebalanced, lambda = 0.5"]
+    assert float(rebalance[0]["val CE (plain)"]) == pytest.approx(float(models[2]["final val loss"]), abs=6e-4)
+    assert rebalance[0]["val pixel acc"] == models[2]["final val acc"]  # the same UNet run
+    assert "--rebalance 0.5" in runs_part(tables)
     seg = next(t for t in tables if list(t[0])[0] == "loss")
     assert [(r["loss"], r["weights"], r["image px"]) for r in seg] == [("ce", "random (none)", "64"),
                                                                      ("iou", "random (none)", "64")]
     assert all(0 <= float(r["best val mIoU (epoch)"].split()[0]) <= 1 for r in seg)
     runs = next(t for t in tables if list(t[0])[0] == "part")
-    assert len(runs) == 3 + 2 + 2 and all("Intel" in r["machine"] or "CPU" in r["machine"] for r in runs)
+    assert len(runs) == 3 + 2 + 2 + 1 and all("Intel" in r["machine"] or "CPU" in r["machine"] for r in runs)
 
 
 @slow
@@ -86,7 +96,8 @@ def test_every_linked_figure_is_a_png_in_report_folder(quick):
     results, _ = quick
     text = (results / "REPORT.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == 3 * 2 + 1 + 2 + 1 + 2 * 2  # models, sweep figure + grids, decodings, segmentation
+    # models, sweep figure + grids, decodings, rebalancing (samples, recall), segmentation
+    assert len(links) == 3 * 2 + 1 + 2 + 1 + 2 + 2 * 2
     for link in links:
         assert link.startswith("report/")
         with Image.open(results / link) as im:
@@ -108,7 +119,7 @@ def test_second_invocation_trains_nothing(quick):
     before = run_dirs(results)
     assert report.main(argv) == 0
     assert run_dirs(results) == before
-    assert "it trained 0 and reused 7" in (results / "REPORT.md").read_text()
+    assert "it trained 0 and reused 8" in (results / "REPORT.md").read_text()
 
 
 @slow
