@@ -53,7 +53,7 @@ class ColorizationModule(pl.LightningModule):
     resume and predict carry them. `train/loss` and `val/loss` are always the plain cross-entropy
     (comparable with the homework); `train/loss_weighted` / `val/loss_weighted` the rebalanced one.
     After every validation epoch the colour-quality metrics (color/metrics.py) of all validation
-    images are logged as `val/colourfulness_*`, `val/mae_rgb_*` and `val/mean_recall`.
+    images are logged (rank 0) as `val/colourfulness_*`, `val/mae_rgb_*` and `val/mean_recall`.
     """
 
     QUALITY_FIGURE_EVERY = 5  # epochs between the per-colour and confusion figures in TensorBoard (and the last)
@@ -127,20 +127,20 @@ class ColorizationModule(pl.LightningModule):
         self._step(batch, "val", self.val_acc, batch_idx)
 
     def on_validation_epoch_end(self):
-        """Colour quality of every validation image (one more forward pass; on every DDP rank, so the
-        logged values agree), as scalars every epoch and as figures every few epochs and at the end."""
-        if self.trainer.sanity_checking:
+        """Colour quality of every validation image (one more forward pass, on rank 0 only: it reads the
+        whole validation set), as scalars every epoch and as figures every few epochs and at the end."""
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         self.quality = evaluate_colour_quality(self, self.trainer.datamodule)
         q = self.quality
         for key in ("colourfulness_pred", "colourfulness_true", "colourfulness_ratio", "mae_rgb_argmax",
                     "mae_rgb_annealed", "mean_recall"):
             if q[key] is not None:
-                self.log(f"val/{key}", float(q[key]), on_step=False, on_epoch=True)
+                self.log(f"val/{key}", float(q[key]), on_step=False, on_epoch=True, rank_zero_only=True)
         epoch = self.current_epoch + 1
         last = epoch == self.trainer.max_epochs
         logger = self.trainer.logger
-        if self.trainer.is_global_zero and logger is not None and hasattr(logger.experiment, "add_figure") and (
+        if logger is not None and hasattr(logger.experiment, "add_figure") and (
                 last or epoch % self.QUALITY_FIGURE_EVERY == 0):
             name = f"{self.hparams.model} epoch {epoch}"
             logger.experiment.add_figure("val/colours (share and recall per palette colour)",

@@ -43,7 +43,8 @@ class ColourQuality:
     def __init__(self, palette, temperature=DEFAULT_TEMPERATURE):
         self.palette = torch.as_tensor(palette, dtype=torch.float32)
         self.temperature = temperature
-        self.confusion = MulticlassConfusionMatrix(len(self.palette), validate_args=False)
+        # sync_on_compute=False: one process sees all the images it is given; never a DDP collective
+        self.confusion = MulticlassConfusionMatrix(len(self.palette), validate_args=False, sync_on_compute=False)
         self.sums = {k: 0.0 for k in ("cf_pred", "cf_annealed", "cf_true", "cf_target", "ae_argmax", "ae_annealed")}
         self.images = self.values = 0
 
