@@ -197,10 +197,11 @@ def write_results(run, module, datamodule, history, checkpoint, args, seconds):
     name = module.hparams.model
     rebalanced = module.rebalanced
     loss_keys = ["train/loss", "val/loss"] + (["train/loss_weighted", "val/loss_weighted"] if rebalanced else [])
+    flag = f" --rebalance {module.hparams.rebalance:g}" if rebalanced else ""
     plot_curves(history.history, [("cross-entropy loss", loss_keys),
                                   ("pixel accuracy", ["train/acc", "val/acc"]),
                                   ("colourfulness of val images", ["val/colourfulness_pred", "val/colourfulness_true"])],
-                run.results / "curves.png", f"{name}{f' --rebalance {module.hparams.rebalance:g}' if rebalanced else ''}: per epoch")
+                run.results / "curves.png", f"{name}{flag}: per epoch")
     save_image_rows(sample_rows(module, datamodule), run.results / "samples.png",
                     f"{name} after {len(history.history)} epochs: validation samples")
     quality = evaluate_colour_quality(module, datamodule)  # the final model, whatever the last epoch logged

@@ -44,7 +44,8 @@ def render(ctx):
     """The whole REPORT.md as a string."""
     parts = [header(ctx), machine_and_data(ctx), "# Part 1: colourisation (CIFAR-10 horses)",
              complexity_section(), padding_section(), models_section(ctx), sweep_section(ctx),
-             decoding_section(ctx), rebalance_section(ctx), segmentation_section(ctx), runs_section(ctx), reproduce_section(ctx)]
+             decoding_section(ctx), rebalance_section(ctx), segmentation_section(ctx), runs_section(ctx),
+             reproduce_section(ctx)]
     return "\n\n".join(p.strip("\n") for p in parts if p) + "\n"
 
 
