@@ -56,7 +56,9 @@ def sweep_settings(args, batch_sizes):
             "num_filters": args.num_filters, "lr": float(args.lr), "optimizer": args.optimizer,
             "weight_decay": float(args.weight_decay), "seed": args.seed,
             "data": str(folder) if folder else str(Path(args.data_dir).resolve()),
-            "palette": str(args.palette or "default")}
+            "palette": str(args.palette or "default"),
+            # only when set, so that the settings of earlier sweeps (plain cross-entropy) still match
+            **({"rebalance": args.rebalance} if getattr(args, "rebalance", None) is not None else {})}
 
 
 def sweep_folder(results_dir, settings):

@@ -250,6 +250,8 @@ def make_report(args, log=print):
     decode_summary = colour[args.decode_model][0]
     log(f"decodings: argmax vs annealed mean (T = {args.temperature:g}) with {args.decode_model}")
     decodings = compare_decodings(args, decode_summary, figures.path("decodings.png"))
+    from reporting.rebalancing import compare_rebalancing  # issue 13: plain CE vs --rebalance 0.5
+    rebalancing = compare_rebalancing(args, colour, figures, colour_args, log)
     sweep = run_sweep(colour_args(args, args.sweep_model, epochs=args.sweep_epochs,
                                   batch_sizes=args.sweep_batch_sizes), train_or_reuse, render_samples, log)
     seg = run_segmentation(args, log)
@@ -258,6 +260,7 @@ def make_report(args, log=print):
            "oxford_split": oxford, "coco": coco_weights("resnet101"), "reference": REFERENCE,
            "reference_seg": REFERENCE_SEGMENTATION, "repo": REPO,
            "wall_seconds": time.perf_counter() - start, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    ctx["rebalancing"] = rebalancing
     path = atomic_write_text(results / "REPORT.md", render(ctx))
     figures.prune()
     trained = sum(t for _, t in [*colour.values(), *seg.values()]) + sweep["trained"]

@@ -28,6 +28,7 @@ from training.figures import mask_to_rgb, plot_curves, save_image_rows
 from training.metrics import BatchMean
 from training.runs import reuse_or_train, run_settings
 from training.task import Prepared, run_task
+from training.tensorboard import custom_scalars
 
 TASK = "segmentation"
 IGNORE = 255
@@ -191,7 +192,7 @@ def train(args, prepared=None):
     """Fine-tune as the flags say, evaluate the best checkpoint on the test split; returns the summary."""
     prepared = prepared or prepare(args)
     return run_task(TASK, args, prepared, prefix=f"{args.loss}-{args.backbone}", monitor="val/miou", mode="max",
-                    callbacks=[validation_grid()], test=True, headline=headline,
+                    callbacks=[validation_grid(), custom_scalars(TASK)], test=True, headline=headline,
                     results=partial(write_results, prepared.module, prepared.datamodule, args))
 
 

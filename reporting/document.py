@@ -9,6 +9,7 @@ from pathlib import Path
 
 from reporting.markdown import table
 from training.files import machine_text, read_machine
+from reporting.rebalancing import extra_runs, rebalance_section
 
 
 def f3(x):
@@ -43,7 +44,8 @@ def render(ctx):
     """The whole REPORT.md as a string."""
     parts = [header(ctx), machine_and_data(ctx), "# Part 1: colourisation (CIFAR-10 horses)",
              complexity_section(), padding_section(), models_section(ctx), sweep_section(ctx),
-             decoding_section(ctx), segmentation_section(ctx), runs_section(ctx), reproduce_section(ctx)]
+             decoding_section(ctx), rebalance_section(ctx), segmentation_section(ctx), runs_section(ctx),
+             reproduce_section(ctx)]
     return "\n\n".join(p.strip("\n") for p in parts if p) + "\n"
 
 
@@ -54,6 +56,7 @@ def header(ctx):
     cmd = " ".join(["python report.py", *ctx["argv"]])
     trained = sum(t for _, t in [*ctx["colour"].values(), *ctx["seg"].values()]) + ctx["sweep"]["trained"]
     total = len(ctx["colour"]) + len(ctx["seg"]) + len(ctx["sweep"]["summaries"])
+    trained, total = trained + sum(t for _, _, t in extra_runs(ctx)), total + len(extra_runs(ctx))
     lines = ["# Image-to-image CNNs: results report", ""]
     if args.quick:
         lines += ["> **Smoke run (`--quick`)**: 1 epoch per run (segmentation at "
@@ -321,6 +324,7 @@ def runs_section(ctx):
     parts = [("colourisation", s) for s, _ in ctx["colour"].values()]
     parts += [("batch sweep", s) for s in ctx["sweep"]["summaries"]]
     parts += [("segmentation", s) for s, _ in ctx["seg"].values()]
+    parts += [(part, s) for part, s, _ in extra_runs(ctx)]
     for part, s in parts:
         rows.append([part, f"`{rel(run_folder(ctx, s), results)}`", s["epochs"], secs(s["wall_seconds"]),
                      machine_text(read_machine(run_folder(ctx, s)))])

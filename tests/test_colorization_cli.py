@@ -62,6 +62,39 @@ def test_cli_writes_summary_figures_logs_and_checkpoints(one_epoch_run):
     assert "best val loss" in proc.stdout
 
 
+def test_summary_and_tensorboard_hold_the_colour_quality_of_the_final_model(one_epoch_run, cifar_dir):
+    from data.cifar import CIFARHorses
+
+    out, _ = one_epoch_run
+    [run] = [p for p in (out / "results" / "colorization").iterdir() if (p / "summary.json").exists()][:1]
+    summary = json.loads((run / "summary.json").read_text())
+    # the homework's loss, said in the hyper-parameters and the summary
+    assert summary["hyperparameters"]["rebalance"] is None and summary["loss"] == "cross-entropy"
+    assert summary["rebalance"] is None
+    q = summary["colour_quality"]
+    dm = CIFARHorses(data_dir=cifar_dir)
+    dm.setup()
+    val_target = dm.val_set.tensors[1]
+    # all validation images, counted by the confusion matrix as the data module holds them
+    assert q["images"] == len(val_target) == summary["data"]["val"]
+    assert sum(map(sum, q["confusion_matrix"])) == val_target.numel()
+    share = torch.bincount(val_target.flatten(), minlength=24).double() / val_target.numel()
+    assert q["target_share"] == pytest.approx(share.tolist(), abs=1e-12)
+    # the same model as the last validation epoch: torchmetrics' accuracy and the confusion diagonal agree
+    assert q["accuracy"] == pytest.approx(summary["final_val_acc"], abs=1e-6)
+    assert len(q["recall"]) == len(q["pred_share"]) == 24
+    assert q["colourfulness_ratio"] == pytest.approx(q["colourfulness_pred"] / q["colourfulness_true"])
+    logs = out / "logs" / "colorization" / run.name
+    scalars = read_scalars(logs)
+    for key in ("colourfulness_pred", "colourfulness_true", "mae_rgb_argmax", "mae_rgb_annealed"):
+        assert scalars[f"val/{key}"][-1] == pytest.approx(q[key], rel=1e-5), key
+    tags = read_image_tags(logs)
+    assert any("confusion" in t for t in tags) and any("colours" in t for t in tags)  # figures of the last epoch
+    for name in ("colour_recall.png", "confusion.png"):
+        with Image.open(run / name) as im:
+            assert im.format == "PNG"
+
+
 def test_second_run_gets_new_folder_and_leaves_first_untouched(one_epoch_run, cifar_dir):
     out, _ = one_epoch_run
     first = next((out / "results" / "colorization").iterdir())
@@ -93,7 +126,7 @@ def test_help_explains_every_flag():
     assert proc.returncode == 0
     for flag in ("--kernel", "--num-filters", "--batch-size", "--epochs", "--lr", "--optimizer", "--seed",
                  "--data-dir", "--results-dir", "--logs-dir", "--palette", "--accelerator", "--devices",
-                 "--strategy", "--num-nodes", "--precision"):
+                 "--strategy", "--num-nodes", "--precision", "--rebalance"):
         assert flag in proc.stdout, flag
 
 

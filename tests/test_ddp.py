@@ -68,7 +68,8 @@ def test_colorization_ddp_two_processes(tmp_path):
                      *DDP)
     assert out.count("best val loss") == 1  # only rank 0 reports
     results, logs = only_run(tmp_path, "colorization")
-    assert sorted(p.name for p in results.iterdir()) == ["curves.png", "machine.json", "samples.png", "summary.json"]
+    assert sorted(p.name for p in results.iterdir()) == ["colour_recall.png", "confusion.png", "curves.png",
+                                                          "machine.json", "samples.png", "summary.json"]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["data"]["val"] == 11
 
@@ -77,6 +78,10 @@ def test_colorization_ddp_two_processes(tmp_path):
     single = validate_once(module, dm)
     assert abs(single["val/loss"] - summary["final_val_loss"]) < 1e-5, (single, summary["final_val_loss"])
     assert abs(single["val/acc"] - summary["final_val_acc"]) < 1e-6, (single, summary["final_val_acc"])
+    # rank 0 measured the colour quality on all 11 validation images, not on its shard
+    assert summary["colour_quality"]["images"] == 11
+    assert summary["history"][0]["val/colourfulness_pred"] == pytest.approx(
+        summary["colour_quality"]["colourfulness_pred"], rel=1e-5)
 
 
 def test_segmentation_ddp_two_processes(tmp_path):

@@ -59,6 +59,8 @@ def this_cpu_model():
     if not models:
         pytest.skip("neither lscpu nor /proc/cpuinfo names this machine's CPU")
     return models[0]
+def runs_part(tables):
+    return " ".join(r["part"] for r in next(t for t in tables if list(t[0])[0] == "part"))
 
 
 def tables_by_first_header(text):
@@ -103,6 +105,12 @@ def test_report_has_every_section_and_its_tables_parse(quick, data):
     assert len(decodings) == 2
     assert float(decodings[0]["mean abs RGB error (0-255)"]) == pytest.approx(colour["UNet"]["mae_rgb"], abs=5e-3 + 1e-6)
     assert decodings[0]["val pixel accuracy"] == models[2]["final val acc"]  # argmax = the UNet run's accuracy
+    rebalance = next(t for t in tables if list(t[0])[0] == "UNet run")
+    assert [r["UNet run"].split(" (")[0] for r in rebalance] == ["homework: plain cross-entropy",
+                                                                  "rebalanced, lambda = 0.5"]
+    assert float(rebalance[0]["val CE (plain)"]) == pytest.approx(float(models[2]["final val loss"]), abs=6e-4)
+    assert rebalance[0]["val pixel acc"] == models[2]["final val acc"]  # the same UNet run
+    assert "--rebalance 0.5" in runs_part(tables)
     seg = next(t for t in tables if list(t[0])[0] == "loss")
     assert [(r["loss"], r["weights"], r["image px"]) for r in seg] == [("ce", "random (none)", "64"),
                                                                      ("iou", "random (none)", "64")]
@@ -113,7 +121,7 @@ def test_report_has_every_section_and_its_tables_parse(quick, data):
         assert row["best val mIoU (epoch)"].endswith(" (1)")
         assert float(row["best val mIoU (epoch)"].split()[0]) == pytest.approx(val["miou"], abs=5e-4 + 1e-6)
         assert float(row["test mIoU"]) == pytest.approx(test["miou"], abs=5e-4 + 1e-6)
-    assert len(runs) == 3 + 2 + 2
+    assert len(runs) == 3 + 2 + 2 + 1  # models, sweep, segmentation, the rebalanced UNet
     cpu = this_cpu_model()
     assert all(r["machine"].startswith(f"{cpu}, {os.cpu_count()} logical CPUs") for r in runs), (cpu, runs)
 
@@ -123,7 +131,8 @@ def test_every_linked_figure_is_a_png_in_report_folder(quick):
     results, _ = quick
     text = (results / "REPORT.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(links) == 3 * 2 + 1 + 2 + 1 + 2 * 2  # models, sweep figure + grids, decodings, segmentation
+    # models, sweep figure + grids, decodings, rebalancing (samples, recall), segmentation
+    assert len(links) == 3 * 2 + 1 + 2 + 1 + 2 + 2 * 2
     for link in links:
         assert link.startswith("report/")
         with Image.open(results / link) as im:
@@ -145,7 +154,7 @@ def test_second_invocation_trains_nothing(quick):
     before = run_dirs(results)
     assert report.main(argv) == 0
     assert run_dirs(results) == before
-    assert "it trained 0 and reused 7" in (results / "REPORT.md").read_text()
+    assert "it trained 0 and reused 8" in (results / "REPORT.md").read_text()
 
 
 @slow
