@@ -29,7 +29,7 @@ LAST, INTERRUPTED = "last.ckpt", "interrupted.ckpt"
 # Flags that may change between a run and its resume: where and on what it runs, and for how long.
 NOT_SETTINGS = {"epochs", "resume", "results_dir", "logs_dir", "run_name", "debug", "data_dir", "num_workers",
                 "accelerator", "devices", "strategy", "num_nodes", "precision", "deterministic", "model_flag",
-                "argv", "resumed_from"}
+                "argv", "resumed_from", "feature_store"}
 
 
 def run_settings(args):
