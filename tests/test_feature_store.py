@@ -303,3 +303,26 @@ def test_default_store_is_in_the_cache_folder_not_next_to_the_data(tmp_path, mon
     assert str(default_store_dir()) == os.path.join(".cache", "features")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_store_dir() == tmp_path / "xdg" / "image2image" / "features"
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_one_store_that_one_process_writes(tmp_path):
+    """Two CPU processes (gloo): the first run's local rank 0 builds the store while the other waits,
+    both train on it; a second run reads it on both ranks."""
+    from tests.test_ddp import DDP, run_ddp
+
+    data = write_oxford17(tmp_path / "flowers", n_classes=3, per_class=6)  # 9 train, 3 val, 6 test
+    common = ("--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", SIZE, "--batch-size", 2,
+              "--epochs", 1, "--data-dir", data, "--feature-store", tmp_path / "fs", *DDP)
+    out, err = run_ddp("segmentation.py", "--loss", "ce", *common, "--results-dir", tmp_path / "r1",
+                       "--logs-dir", tmp_path / "l1")
+    assert out.count("feature store: built") == 1 and "feature store: reused" not in out, out
+    entries = list((tmp_path / "fs").iterdir())
+    assert len(entries) == 1 and not entries[0].name.startswith(".tmp"), entries  # one entry, no leftovers
+    stamp = (entries[0] / "train.npy").stat().st_mtime_ns
+    out, err = run_ddp("segmentation.py", "--loss", "iou", *common, "--results-dir", tmp_path / "r2",
+                       "--logs-dir", tmp_path / "l2")
+    assert out.count("feature store: reused") == 1 and "feature store: built" not in out, out
+    assert list((tmp_path / "fs").iterdir()) == entries and (entries[0] / "train.npy").stat().st_mtime_ns == stamp
+    summary = json.loads(next((tmp_path / "r2" / "segmentation").glob("*/summary.json")).read_text())
+    assert summary["feature_store"]["reused"] is True and summary["test_miou"] is not None
