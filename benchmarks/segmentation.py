@@ -1,27 +1,24 @@
-"""The frozen-feature cache: segmentation.py's training with and without it, in one process.
+"""The persistent feature store: segmentation.py's whole runs, first (store built), second (read), before.
 
-    python benchmarks/segmentation.py              # ResNet-101, 224 px, 848 images, 10 epochs
-    python benchmarks/segmentation.py --quick      # mobilenet_v3_large, 136 images: a few minutes
+    python benchmarks/segmentation.py              # ResNet-101, 224 px, real Oxford17, 10 epochs
+    python benchmarks/segmentation.py --quick      # mobilenet_v3_large, 136 synthetic images: a few minutes
 
-Data: a fixture of Oxford17's size written in the real on-disk format by tests/fixtures/oxford17.py
-(848 image/trimap pairs, 256x256, synthetic pixels; split 50/25/25 stratified by class as for the
-real copy without datasplits.mat), or --data-dir. Weights: none (random frozen network; speed does
-not depend on the values). Both sides are real training runs: SegmentationModule + Oxford17 on
-the Trainer the CLI builds (training/trainer.py, plus its validation_grid callback),
-CE loss, batch 16, --epochs epochs.
+Data: `../shared/data/oxford17` when present (846 image/trimap pairs), else (and with --quick) a
+synthetic fixture in the real on-disk format (tests/fixtures/oxford17.py), or --data-dir. Weights:
+a stand-in COCO file (models/standin_weights.py: random values with the real file name, keys and
+shapes, so the compute is that of the real weights) in a temporary TORCH_HOME, or --torch-home.
 
-- cached (the default): the trunk's features are computed once in `on_fit_start` (the "cache pass"),
-  then every epoch trains and validates the 1x1 head on them. The whole run is measured.
-- uncached (`--no-feature-cache`): the full network runs every step. With ResNet-101 on a CPU a
-  10-epoch run takes about an hour, so by default this side is MEASURED on the first
-  --uncached-batches training batches and --uncached-val-batches validation batches of an epoch
-  (after one warm-up epoch of the same size) and EXTRAPOLATED per image to the full epoch and run;
-  the output says so. --quick (or --full-uncached) measures the uncached run completely instead.
-
-Epoch times run from one `on_train_epoch_start` to the next (the last to `on_train_end`); the first
-cached epoch also includes the cache pass and the sanity check, i.e. it runs from the start of
-`trainer.fit`. Targets (CPU, ResNet-101 at 224): later epochs >= 50x faster with the cache, the whole
-10-epoch run >= 8x faster (the limit is about 10x: one forward pass per image instead of ten).
+Three whole runs, in one process, each as train() makes it (module with its weights file, data
+decoded, Trainer with the CLI's callbacks, fit, test with the best checkpoint):
+- first: --loss ce with an empty store: one trunk forward over every image of train, val and test,
+  written to the store, then 10 epochs and the test split on stored features;
+- second: --loss iou on the same store: no trunk forward at all;
+- before: the behaviour before issue 12 (train/val features in memory for this run only, the test
+  split through the full network); --skip-before leaves it out.
+"features s" is the time from the Trainer's fit start to its sanity check: the module's
+on_fit_start, i.e. the trunk pass (first, before) or reading the store (second). The trunk pass of
+the first run is "one trunk pass over all images". Targets (2-core CPU, ResNet-101 at 224): the
+second run >= 15x faster than the first; both runs together <= 1.15x that trunk pass.
 The last line printed is one JSON object with every figure.
 """
 import argparse
