@@ -45,7 +45,10 @@ def write_standin(backbone: str, torch_home=None, seed: int = 0, force: bool = F
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
-    Path(str(path) + STANDIN_SUFFIX).write_text(f"stand-in: random values (seed {seed}), not the COCO weights\n")
+    marker = Path(str(path) + STANDIN_SUFFIX)
+    marker_tmp = marker.with_name(marker.name + f".tmp-{os.getpid()}")
+    marker_tmp.write_text(f"stand-in: random values (seed {seed}), not the COCO weights\n")
+    os.replace(marker_tmp, marker)
     return path
 
 
