@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from data.batching import distributed_info, keep_batch, make_sampler
 from data.download import (DownloadFailed, cache_folder, calculate_md5, exclusive, extract, fetch, move_aside,
                            write_root)
+from data.feature_store import array_digest, identity_key
 from data.sampling import loader_generator
 from errors import DataError, UsageError
 
@@ -269,6 +270,8 @@ class Oxford17(pl.LightningDataModule):
         self._pairs: dict[str, Oxford17Pairs] = {}
         self.feature_cache_bytes = 0
         self.feature_cache_location: str | None = None
+        self.feature_store_info: dict | None = None
+        self._feature_identity: dict | None = None  # what produced the features now in train/val/test_set
 
     # ---------------------------------------------------------------- files
     def _url(self, name: str) -> str:
@@ -473,38 +476,86 @@ class Oxford17(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
 
+    def split_masks(self, name: str) -> torch.Tensor:
+        """uint8 masks (N, S, S) of split `name` ("train", "val" or "test"), as decoded."""
+        self.setup()
+        return self._pairs[name].masks
+
+    def val_sample_indices(self, n: int = 4) -> list[int]:
+        """n validation indices spread over the flower classes: the first image of classes picked
+        evenly from those in the split, then the second of each, ... (always the same)."""
+        self.setup()
+        by_class: dict[int, list[int]] = {}
+        for i, number in enumerate(self.split_numbers["val"]):
+            by_class.setdefault(class_of(number), []).append(i)
+        classes = sorted(by_class)
+        if not classes:
+            return []
+        picked_classes = [classes[int(j * len(classes) / min(n, len(classes)))] for j in range(min(n, len(classes)))]
+        order = picked_classes + [c for c in classes if c not in picked_classes]
+        out, rank = [], 0
+        while len(out) < min(n, len(self.split_numbers["val"])):
+            out += [by_class[c][rank] for c in order if rank < len(by_class[c])][: n - len(out)]
+            rank += 1
+        return out
+
     def val_samples(self, n: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The first n validation items (always the same, never flipped): (images uint8
-        (n,3,S,S), masks long (n,S,S), normalised float images (n,3,S,S))."""
+        """n validation items of several flower classes (`val_sample_indices`; always the same, never
+        flipped): (images uint8 (n,3,S,S), masks long (n,S,S), normalised float images (n,3,S,S))."""
         self.setup()
         pairs = self._pairs["val"]
-        images = pairs.images[:n]
-        return images.clone(), pairs.masks[:n].long(), pairs.normalise(images)
+        index = torch.as_tensor(self.val_sample_indices(n), dtype=torch.long)
+        images = pairs.images[index]
+        return images.clone(), pairs.masks[index].long(), pairs.normalise(images)
 
     # ---------------------------------------------------------------- feature cache
-    def _features_of(self, pairs: Oxford17Pairs, name: str, feature_fn, device, batch_size, dtype, store):
-        pin = store.type == "cpu" and device.type == "cuda"
-        out = None
-        for start in tqdm(range(0, len(pairs), batch_size), desc=f"Oxford17: caching {name} features", unit="batch"):
+    def _features_of(self, pairs: Oxford17Pairs, name: str, feature_fn, device, batch_size, out=None,
+                     dtype=torch.float32, store=torch.device("cpu")):
+        """feature_fn over every image of `pairs`, batch by batch, written into `out` (a NumPy
+        memory map of the store) or into a new tensor in `dtype` on `store`."""
+        pin = store.type == "cpu" and device.type == "cuda" and out is None
+        for start in tqdm(range(0, len(pairs), batch_size), desc=f"Oxford17: {name} features", unit="batch"):
             x = pairs.normalise(pairs.images[start : start + batch_size].to(device))
             with torch.no_grad():
                 f = feature_fn(x)
             if out is None:  # allocate once: no 2x peak from torch.cat
                 out = torch.empty((len(pairs), *f.shape[1:]), dtype=dtype, device=store, pin_memory=pin)
-            out[start : start + len(f)] = f.to(dtype)
+            if isinstance(out, np.ndarray):
+                out[start : start + len(f)] = f.to(torch.float32 if out.dtype == np.float32 else torch.float16).cpu().numpy()
+            else:
+                out[start : start + len(f)] = f.to(dtype)
         if out is None:
             raise DataError(f"the Oxford17 {name} split is empty: nothing to cache")
         return out
 
+    def feature_identity(self, identity: dict, dtype, splits) -> dict:
+        """Everything that determines the stored features: the trunk's `identity` (backbone, weights,
+        precision), the image size, normalisation, dtype and the images (content and order) per split."""
+        return {"trunk": identity, "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "dtype": str(dtype).replace("torch.", ""),
+                "images": {name: array_digest(self._pairs[name].images) for name in splits}}
+
     def cache_features(self, feature_fn, device, batch_size: int = 16, dtype=torch.float32,
-                       keep_on_device: bool = False) -> bool:
-        """Run `feature_fn` (images -> features, e.g. FineTunedDeepLabV3.features; it must be
-        deterministic: frozen, eval mode) once over the train and val sets and replace
-        `train_set` / `val_set` by FeatureDatasets (features in `dtype`, masks). The test set is
-        untouched. Features are stored in CPU memory (pinned when `device` is CUDA), or on `device`
-        with keep_on_device=True. Sets `feature_cache_bytes` (bytes of the stored features) and
-        `feature_cache_location`. Returns False (and does nothing) when augment is on, since
-        flipped inputs have other features; True otherwise (also when already cached).
+                       keep_on_device: bool = False, identity: dict | None = None, store=None,
+                       writer: bool = True, barrier=None, feature_shape=None) -> bool:
+        """Replace the splits' images by the frozen trunk's features (FeatureDatasets of (features, masks)).
+
+        `feature_fn` (images -> features, e.g. FineTunedDeepLabV3.features) must be deterministic
+        (frozen, eval mode); `identity` says what it is (backbone, weights, precision). Features are
+        kept only for the `identity` they were made with: a later call with another identity (or
+        with identity None) computes them again, never serving another function's features.
+
+        store=None: train and val are computed in memory (CPU, pinned when `device` is CUDA, or on
+        `device` with keep_on_device=True); the test set keeps its images (full network).
+        store=FeatureStore: train, val AND test are read from the store when it holds this exact
+        identity (memory-mapped; no trunk forward at all), else computed once and written there.
+        Under DDP pass writer=True on one process per machine and the strategy's `barrier`: the
+        writer reads or builds the entry, then every process reads it. feature_shape: (C, h, w) of
+        feature_fn's output when known (saves a probe forward pass when the store is complete).
+
+        Sets `feature_store_info` (location, bytes, reused, key) and `feature_cache_bytes` /
+        `feature_cache_location`. Returns False (and does nothing) when augment is on, since flipped
+        inputs have other features; True otherwise.
 
         dtype defaults to float32, so that head(cached) equals the full forward pass. float16 halves
         the memory; it rounds features to the 10-bit mantissa that TF32 convolutions (PyTorch's CUDA
@@ -513,21 +564,79 @@ class Oxford17(pl.LightningDataModule):
         if self.augment:
             return False
         self.setup()
-        if self.feature_cache_location is not None:
-            return True
+        splits = SPLIT_NAMES if store is not None else ("train", "val")
+        full_identity = None if identity is None else {**self.feature_identity(identity, dtype, splits),
+                                                       "splits": list(splits)}
+        if full_identity is not None and full_identity == self._feature_identity:
+            return True  # these very features are already in place
         device = torch.device(device)
+        if store is None:
+            self._cache_in_memory(feature_fn, device, batch_size, dtype, keep_on_device)
+        else:
+            self._cache_in_store(feature_fn, device, batch_size, dtype, full_identity, store, writer, barrier,
+                                 feature_shape)
+        self._feature_identity = full_identity
+        return True
+
+    def _cache_in_memory(self, feature_fn, device, batch_size, dtype, keep_on_device):
         store = device if keep_on_device else torch.device("cpu")
         total = 0
+        self.test_set = self._pairs["test"]
         for name in ("train", "val"):
             pairs = self._pairs[name]
-            features = self._features_of(pairs, name, feature_fn, device, batch_size, dtype, store)
-            masks = pairs.masks.to(store)
+            features = self._features_of(pairs, name, feature_fn, device, batch_size, dtype=dtype, store=store)
             total += features.nbytes
-            setattr(self, f"{name}_set", FeatureDataset(features, masks))
+            setattr(self, f"{name}_set", FeatureDataset(features, pairs.masks.to(store)))
         self.feature_cache_bytes = total
         pinned = " (pinned)" if store.type == "cpu" and device.type == "cuda" else ""
         self.feature_cache_location = f"memory, {str(dtype).replace('torch.', '')}, device {store}{pinned}"
-        return True
+        self.feature_store_info = {"location": "memory", "bytes": total, "reused": False, "key": None,
+                                   "splits": ["train", "val"]}
+
+    def _cache_in_store(self, feature_fn, device, batch_size, dtype, identity, store, writer, barrier, feature_shape):
+        if identity is None:
+            raise UsageError("a persistent feature store needs the identity of the feature function")
+        np_dtype = str(dtype).replace("torch.", "")
+        if np_dtype not in ("float32", "float16"):
+            raise UsageError(f"the feature store keeps float32 or float16 features, not {np_dtype}")
+        key = identity_key(identity)
+        if feature_shape is None:  # one image through the trunk tells the feature shape
+            with torch.no_grad():
+                probe = self._pairs["train"].normalise(self._pairs["train"].images[:1].to(device))
+                feature_shape = tuple(feature_fn(probe).shape[1:])
+        expected = {name: ((len(self._pairs[name]), *feature_shape), np_dtype) for name in SPLIT_NAMES}
+        arrays, reused = None, True
+        if writer:
+            arrays = store.open(key, expected)
+            if arrays is None:
+                reused = False
+                entry = store.create(key, identity, {n: shape for n, (shape, _) in expected.items()}, np_dtype)
+                try:
+                    for name in SPLIT_NAMES:
+                        self._features_of(self._pairs[name], name, feature_fn, device, batch_size, out=entry.arrays[name])
+                except BaseException:
+                    entry.abort()
+                    raise
+                entry.commit()  # False: a concurrent run committed the same entry first; read that one
+                arrays = store.open(key, expected)
+        if barrier is not None:
+            barrier()
+        if arrays is None:
+            arrays = store.open(key, expected, repair=False)
+            if arrays is None:
+                raise DataError(f"the feature store entry {store.entry(key)} is missing or broken after it was "
+                                f"built; delete it, or use --no-feature-cache")
+        for name in SPLIT_NAMES:
+            features = torch.from_numpy(arrays[name])  # memory-mapped: pages are read as batches need them
+            setattr(self, f"{name}_set", FeatureDataset(features, self._pairs[name].masks))
+        total = store.nbytes(key)
+        self.feature_cache_bytes = total
+        self.feature_cache_location = f"store {store.entry(key)}, {np_dtype}, memory-mapped"
+        self.feature_store_info = {"location": str(store.entry(key)), "bytes": total, "reused": reused, "key": key,
+                                   "splits": list(SPLIT_NAMES)}
+        if writer:
+            print(f"feature store: {'reused' if reused else 'built'} {store.entry(key)} "
+                  f"({total / 2**20:.1f} MiB, train/val/test, {np_dtype})", flush=True)
 
     # ---------------------------------------------------------------- summary
     def data_summary(self) -> dict:
@@ -544,4 +653,5 @@ class Oxford17(pl.LightningDataModule):
             "augment": self.augment,
             "feature_cache_bytes": self.feature_cache_bytes,
             "feature_cache_location": self.feature_cache_location,
+            "feature_store": self.feature_store_info,
         }

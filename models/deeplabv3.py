@@ -5,6 +5,7 @@ frozen and kept in eval mode, so its output - `features(x)` - is a fixed functio
 this is what lets the data module cache features once and train only `head`.
 """
 
+import hashlib
 import os
 import pickle
 import urllib.error
@@ -30,6 +31,8 @@ BACKBONES = {
     ),
 }
 FEATURE_CHANNELS = 256  # output channels of classifier[3] for every backbone above
+RANDOM_TRUNK_SEED = 0  # weights=None: the frozen trunk is always this random network (a stable identity)
+STANDIN_SUFFIX = ".standin"  # marker file next to a stand-in weights file (models/standin_weights.py)
 OUTPUT_STRIDE = {"resnet101": 8, "resnet50": 8, "mobilenet_v3_large": 16}
 
 
@@ -40,9 +43,10 @@ class FineTunedDeepLabV3(nn.Module):
     `pretrained` (bool), `mean` / `std` (input normalisation the weights expect), `output_stride`.
     """
 
-    def __init__(self, model: nn.Module, backbone_name: str, pretrained: bool, mean, std):
+    def __init__(self, model: nn.Module, backbone_name: str, pretrained: bool, mean, std, weights_file=None):
         super().__init__()
         self.model = model
+        self.weights_file = weights_file  # the pretrained weights file read, or None
         self.backbone_name = backbone_name
         self.pretrained = pretrained
         self.mean = tuple(float(m) for m in mean)
@@ -84,6 +88,34 @@ class FineTunedDeepLabV3(nn.Module):
             module.eval()
         return self
 
+    def feature_shape(self, image_size: int) -> tuple[int, int, int]:
+        """(256, h, w) of `features` for square images of `image_size`: every stride-2 layer of these
+        backbones pads so that it maps n pixels to ceil(n / 2)."""
+        side = int(image_size)
+        for _ in range(self.output_stride.bit_length() - 1):
+            side = -(-side // 2)
+        return (FEATURE_CHANNELS, side, side)
+
+    def weights_identity(self) -> dict:
+        """What the frozen trunk's values come from: for pretrained weights the file's name, size and
+        sha256 (and whether it is a stand-in), for random ones the fixed seed."""
+        if self.weights_file is None:
+            return {"weights": "random", "seed": RANDOM_TRUNK_SEED}
+        path = self.weights_file
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+        return {"weights": "coco", "file": os.path.basename(path), "bytes": os.path.getsize(path),
+                "sha256": digest.hexdigest(), "standin": os.path.exists(path + STANDIN_SUFFIX)}
+
+    def feature_identity(self) -> dict:
+        """Everything about the network that determines `features(x)` for a given input."""
+        if not hasattr(self, "_weights_identity"):  # the file is hashed once per model
+            self._weights_identity = self.weights_identity()
+        return {"backbone": self.backbone_name, **self._weights_identity, "mean": list(self.mean),
+                "std": list(self.std), "torchvision_builder": BACKBONES[self.backbone_name][0].__name__}
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that require grad (weight and bias of the new layer)."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -96,8 +128,10 @@ def _hub_checkpoint_dir() -> str:
 def _load_torchvision_model(builder, weights, num_classes_random: int):
     """Build the torchvision model, turning a failed weights download into a UserError."""
     if weights is None:
-        # weights_backbone=None too: no ImageNet download, a fully random network
-        return builder(weights=None, weights_backbone=None, num_classes=num_classes_random, aux_loss=False)
+        # weights_backbone=None too: no ImageNet download, a fully random network, always the same one
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_TRUNK_SEED)
+            return builder(weights=None, weights_backbone=None, num_classes=num_classes_random, aux_loss=False)
     filename = os.path.basename(weights.url)
     folder = _hub_checkpoint_dir()
     try:
@@ -107,9 +141,10 @@ def _load_torchvision_model(builder, weights, num_classes_random: int):
             f"could not download the pretrained weights {filename} from {weights.url} ({err}); "
             f"download that file yourself and put it in {folder}"
         ) from err
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"the pretrained weights file {os.path.join(folder, filename)} is corrupt or incomplete ({err}); "
+            f"the pretrained weights file {os.path.join(folder, filename)} is corrupt or incomplete ({reason}); "
             f"delete it and download it again from {weights.url}"
         ) from err
 
@@ -121,7 +156,8 @@ def build_deeplabv3(backbone: str = "resnet101", weights: str | None = "coco",
 
     backbone: "resnet101" | "resnet50" | "mobilenet_v3_large".
     weights: "coco" (torchvision COCO_WITH_VOC_LABELS_V1, downloaded to the torch hub cache) or
-    None (random initialisation, with a warning). Raises UserError when the weights cannot be
+    None (random initialisation with the fixed seed RANDOM_TRUNK_SEED, with a warning; the new
+    layer's initialisation follows the global RNG). Raises UserError when the weights cannot be
     downloaded, naming the file, its URL and the folder to put it in.
     """
     if backbone not in BACKBONES:
@@ -142,5 +178,6 @@ def build_deeplabv3(backbone: str = "resnet101", weights: str | None = "coco",
     model.requires_grad_(False)
     in_channels = model.classifier[4].in_channels
     model.classifier[4] = nn.Conv2d(in_channels, num_classes, kernel_size=1)  # new, trainable
-    wrapped = FineTunedDeepLabV3(model, backbone, weights is not None, mean, std)
+    weights_file = None if weights is None else os.path.join(_hub_checkpoint_dir(), os.path.basename(coco.url))
+    wrapped = FineTunedDeepLabV3(model, backbone, weights is not None, mean, std, weights_file)
     return wrapped.train()

@@ -212,7 +212,7 @@ def test_cache_features_serves_features(tree):
         calls.append(len(x))
         return torch.nn.functional.avg_pool2d(x, 8)
 
-    assert dm.cache_features(pool, "cpu", batch_size=4)
+    assert dm.cache_features(pool, "cpu", batch_size=4, identity={"trunk": "pool"})
     assert sum(calls) == 6 + 3 and max(calls) <= 4
     assert isinstance(dm.train_set, FeatureDataset) and dm.test_set is test_set
     features, mask = dm.train_set[0]
@@ -224,7 +224,8 @@ def test_cache_features_serves_features(tree):
     batch = next(iter(dm.val_dataloader()))
     assert batch[0].shape == (2, 3, 4, 4) and batch[1].shape == (2, 32, 32)
     dm.setup()  # idempotent: the cache stays
-    assert isinstance(dm.train_set, FeatureDataset) and dm.cache_features(pool, "cpu") and sum(calls) == 9
+    assert isinstance(dm.train_set, FeatureDataset)
+    assert dm.cache_features(pool, "cpu", identity={"trunk": "pool"}) and sum(calls) == 9  # same identity: kept
 
 
 # ---------------------------------------------------------------- files: errors, download, extraction

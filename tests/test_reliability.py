@@ -280,7 +280,10 @@ def _failing_savefig(f, **kwargs):
 def test_every_result_writer_goes_through_training_files():
     """Summaries, CSVs and figures: no module writes them directly (training/files.py does, atomically)."""
     direct = (".savefig(", "json.dump(", ".to_csv(", "csv.writer(", ".write_text(", "np.save(", "torch.save(")
-    allowed = {Path("training/files.py"), Path("color/kmeans.py")}  # kmeans writes its palette atomically itself
+    # these write atomically themselves: kmeans its palette; the feature store and the stand-in weights
+    # script a temporary folder / file that is renamed into place (data/ and models/ do not import training/)
+    allowed = {Path("training/files.py"), Path("color/kmeans.py"), Path("data/feature_store.py"),
+               Path("models/standin_weights.py")}
     packages = [p.parent for p in REPO.glob("*/__init__.py") if p.parent.name != "tests"]
     sources = [*REPO.glob("*.py"), *(path for package in packages for path in package.rglob("*.py"))]
     offenders = []

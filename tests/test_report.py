@@ -113,7 +113,8 @@ def test_report_has_every_section_and_its_tables_parse(quick, data):
     assert "--rebalance 0.5" in runs_part(tables)
     seg = next(t for t in tables if list(t[0])[0] == "loss")
     assert [(r["loss"], r["weights"], r["image px"]) for r in seg] == [("ce", "random (none)", "64"),
-                                                                     ("iou", "random (none)", "64")]
+                                                                     ("iou", "random (none)", "64"),
+                                                                     ("no image (baseline)", "-", "64")]
     assert [f.split("/")[1].split("-")[0] for f in folders["segmentation"]] == ["ce", "iou"]
     for row, folder in zip(seg, folders["segmentation"]):  # best = last: one epoch
         best = logs / folder / "checkpoints" / "best-epoch000.ckpt"
@@ -201,3 +202,23 @@ def test_decoding_metrics_on_known_logits():
     assert m["argmax"]["mae_rgb"] == pytest.approx(expected)
     assert m["annealed"]["accuracy"] == 1.0  # peaked logits: the mean stays nearest the argmax colour
     assert m["annealed"]["mae_rgb"] != pytest.approx(expected)  # but is not exactly it
+
+
+def test_segmentation_table_has_the_no_image_baseline_row(tmp_path):
+    """The baseline row carries the summaries' baseline numbers into the table, beside the runs."""
+    from types import SimpleNamespace
+
+    from reporting.document import segmentation_section
+
+    base = {"val_miou": 0.6123, "val_iou_flower": 0.4567, "test_miou": 0.6789}
+    runs = {loss: ({"task": "segmentation", "run": loss, "backbone": "resnet50", "weights": None, "image_size": 128,
+                    "epochs": 3, "best_val_miou": 0.7, "best_val_miou_epoch": 2, "final_val_iou_flower": 0.5,
+                    "test_miou": 0.69, "wall_seconds": 10.0, "baseline": base}, True) for loss in ("ce", "iou")}
+    args = SimpleNamespace(seg_weights="none", seg_backbone="resnet50", seg_image_size=128, seg_epochs=3,
+                           seg_batch_size=16, seg_lr=1e-3, results_dir=str(tmp_path))
+    ctx = {"args": args, "figures": report.Figures(tmp_path / "report"), "coco": (tmp_path / "w.pth", "http://x"),
+           "seg": runs, "reference_seg": report.REFERENCE_SEGMENTATION}
+    seg = next(t for t in parse_tables(segmentation_section(ctx)) if list(t[0])[0] == "loss")
+    assert [r["loss"] for r in seg] == ["ce", "iou", "no image (baseline)"]
+    row = seg[2]
+    assert (row["best val mIoU (epoch)"], row["final val flower IoU"], row["test mIoU"]) == ("0.612", "0.457", "0.679")

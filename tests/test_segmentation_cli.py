@@ -119,3 +119,92 @@ def test_short_run_on_real_flowers_beats_all_background(shared_oxford17, tmp_pat
     # Measured on this data (generated split, 205 val images): all-background 0.337; random frozen
     # ResNet-50 after 3 epochs 0.681 best val mIoU. Bar set with margin.
     assert summary["best_val_miou"] > all_background_miou + 0.2, (summary["best_val_miou"], all_background_miou)
+
+
+# ---------------------------------------------------------------- the no-image baseline, sample grids
+def test_mean_mask_prediction_by_hand():
+    from segmentation import mean_mask_prediction
+
+    # three 1x5 training masks; per pixel: flower 2/3, flower 1/2 (one ignored), flower 1/3, all ignored, 0/3
+    masks = torch.tensor([[[1, 1, 1, 255, 0]], [[1, 255, 0, 255, 0]], [[0, 0, 0, 255, 0]]], dtype=torch.uint8)
+    assert mean_mask_prediction(masks).tolist() == [[1, 1, 0, 0, 0]]
+
+
+def test_no_image_baseline_scores_the_mean_mask_with_the_runs_miou():
+    from types import SimpleNamespace
+
+    from segmentation import no_image_baseline
+
+    train = torch.tensor([[[1, 1, 0, 0]], [[1, 0, 0, 0]], [[1, 0, 0, 1]]], dtype=torch.uint8)  # prediction [1, 0, 0, 0]
+    val = torch.tensor([[[1, 1, 0, 255]]], dtype=torch.uint8)
+    # val confusion: flower TP 1, FN 1; background TN 1 -> IoU flower 1/2, background 1/2
+    test = torch.tensor([[[0, 0, 0, 0]]], dtype=torch.uint8)
+    # test: flower FP 1, no flower anywhere -> IoU flower 0 (torchmetrics' rule), background 3/4
+    dm = SimpleNamespace(split_masks=lambda name: {"train": train, "val": val, "test": test}[name])
+    base = no_image_baseline(dm)
+    assert base["val_miou"] == pytest.approx(0.5) and base["val_iou_flower"] == pytest.approx(0.5)
+    assert base["test_iou_flower"] == pytest.approx(0.0) and base["test_miou"] == pytest.approx(0.375)
+    assert base["flower_pixels"] == 1
+
+
+def test_validation_samples_show_several_flower_classes(flowers):
+    import warnings
+
+    from data.oxford17 import Oxford17, class_of
+
+    dm = Oxford17(flowers, image_size=32, download=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.setup("fit")
+    numbers = dm.split_numbers["val"]
+    assert len({class_of(n) for n in numbers[:4]}) == 2  # the first images of the split: two of the three classes
+    index = dm.val_sample_indices(4)
+    assert sorted({class_of(numbers[i]) for i in index}) == [0, 1, 2] and len(set(index)) == 4
+    images, masks, normalised = dm.val_samples(4)
+    assert torch.equal(images, dm._pairs["val"].images[torch.tensor(index)])
+    assert torch.equal(masks, dm._pairs["val"].masks[torch.tensor(index)].long())
+
+
+def test_summary_and_output_hold_the_baseline(flowers, tmp_path, capsys):
+    import warnings
+
+    import segmentation
+    from data.oxford17 import Oxford17
+    from tests.clirun import run_main
+
+    code, out, err = run_main(segmentation.main, ["--loss", "ce", *FAST, "--epochs", 1, "--data-dir", flowers,
+                                                  "--feature-store", tmp_path / "fs", "--results-dir",
+                                                  tmp_path / "results", "--logs-dir", tmp_path / "logs"], capsys)
+    assert code == 0, err[-2000:]
+    summary = json.loads(next((tmp_path / "results" / "segmentation").glob("*/summary.json")).read_text())
+    dm = Oxford17(flowers, image_size=64, download=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.setup("fit")
+    expected = segmentation.no_image_baseline(dm)
+    for key in ("val_miou", "test_miou", "val_iou_flower", "test_iou_flower"):
+        assert summary["baseline"][key] == pytest.approx(expected[key], abs=1e-7)
+    assert f"no-image baseline (mean training mask): val mIoU {expected['val_miou']:.4f}" in out
+
+
+def test_confusion_iou_equals_torchmetrics_jaccard():
+    """The fast metric gives torchmetrics' numbers, batch after batch, ignored pixels and empty classes included."""
+    from torchmetrics.classification import MulticlassJaccardIndex
+
+    from segmentation import ConfusionIoU
+
+    g = torch.Generator().manual_seed(0)
+    for average in ("macro", "none"):
+        ours, theirs = ConfusionIoU(average), MulticlassJaccardIndex(2, average=average, ignore_index=255)
+        for step in range(3):
+            target = torch.randint(0, 2, (3, 9, 7), generator=g)
+            target[torch.rand(3, 9, 7, generator=g) < 0.2] = 255
+            preds = torch.randint(0, 2, (3, 9, 7), generator=g) if step < 2 else torch.zeros(3, 9, 7, dtype=torch.long)
+            ours.update(preds, target)
+            theirs.update(preds, target)
+            assert torch.allclose(ours.compute(), theirs.compute(), atol=1e-7), (average, step)
+        ours.reset()
+        ours.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
+        theirs = MulticlassJaccardIndex(2, average=average, ignore_index=255)
+        theirs.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long))
+        assert torch.allclose(ours.compute(), theirs.compute()), (average, ours.compute(), theirs.compute())
