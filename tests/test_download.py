@@ -62,7 +62,7 @@ def test_lock_file_is_removed_and_the_lock_is_exclusive(tmp_path):
 
 # ----------------------------------------------------------------------------- concurrent processes
 
-def _run_together(target, n=2, timeout=120):
+def _run_together(target, n=2, timeout=600):
     """Start `n` forked processes running `target(i, barrier)`; their exit codes."""
     barrier = FORK.Barrier(n)
     procs = [FORK.Process(target=target, args=(i, barrier)) for i in range(n)]

@@ -44,6 +44,7 @@ def test_torchrun_two_ranks_extract_cifar_once(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
     assert [p.name for p in (tmp_path / "results" / "colorization").iterdir()] == ["both"]
     results = tmp_path / "results" / "colorization" / "both"
-    assert sorted(p.name for p in results.iterdir()) == ["curves.png", "samples.png", "summary.json"]
+    assert sorted(p.name for p in results.iterdir()) == ["colour_recall.png", "confusion.png", "curves.png",
+                                                          "machine.json", "samples.png", "summary.json"]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["data"]["train"] == 55 and summary["data"]["val"] == 11
