@@ -12,7 +12,8 @@ from torch.utils.data import RandomSampler
 
 def epoch_seed(seed, epoch):
     """A 63-bit seed that mixes `seed` and `epoch` (seed 1 / epoch 0 and seed 0 / epoch 1 differ)."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch)]).generate_state(2, np.uint64)[0] >> 1)
+    # int() first: numpy 1.x refuses uint64 >> int (numpy 2 promotes); the value is the same
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch)]).generate_state(2, np.uint64)[0]) >> 1
 
 
 class EpochShuffle(RandomSampler):
