@@ -71,7 +71,7 @@ def test_miou_and_flower_iou_equal_a_hand_counted_confusion(flowers):
     module's val and test metric path, in batches of 4 (6 images: batches of 4 and 2)."""
     dm = Oxford17(data_dir=flowers, image_size=SIZE, batch_size=BATCH, download=False)
     module = segmentation.SegmentationModule(backbone="mobilenet_v3_large", weights=None, image_size=SIZE)
-    module._logits = lambda x, size, cached: torch.stack([torch.full_like(x[:, 0], -0.5), x[:, 0]], dim=1)
+    module._logits = lambda x, size, cached=None: torch.stack([torch.full_like(x[:, 0], -0.5), x[:, 0]], dim=1)
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     got = {**trainer.validate(module, datamodule=dm, verbose=False)[0],
