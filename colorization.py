@@ -1,344 +1,214 @@
 """Colorization as classification on CIFAR-10 horses (homework part 1).
 
-A greyscale 32x32 image goes in; for every pixel the model picks one of 24 k-means colours
-(`color/`). Run `python colorization.py UNet` (or PoolUpsampleNet, ConvTransposeNet); see --help.
+A greyscale 32x32 image goes in; for every pixel the model picks one of 24 k-means colours (color/).
 
-Where things live: the models in `models/`, the data and its split in `data/cifar.py`, the palette
-in `color/`, run folders / figures / Trainer flags in `training/`.
+    python colorization.py UNet                          # train (or PoolUpsampleNet, ConvTransposeNet); --help
+    python colorization.py --predict photo.jpg           # colourise your own images (inference/colorize.py)
+    python colorization.py ConvTransposeNet --batch-sizes 32 64 128   # batch-size sweep (colorization_sweep.py)
+    python colorization.py UNet --export onnx            # export a trained net (inference/export.py)
+
+This file: the config (every default, once), the LightningModule, `prepare()` and the entry point.
+The nets are in models/, the data and its split in data/cifar.py, the losses in losses/, the palette
+and colour metrics in color/, what a run writes in reporting/colorization.py, the shared training
+flow in training/.
 """
-import argparse
-import hashlib
 import sys
-from functools import partial
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from color.figures import confusion_figure, per_colour_figure, save_colour_figures
-from color.metrics import colour_quality
-from color.palette import palette_to_rgb
-from color.rebalance import class_weights_from_targets, weighted_cross_entropy
+from color.metrics import ColourQuality, plain, reference
+from color.palette import DEFAULT_TEMPERATURE, load_palette
+from color.rebalance import class_weights_from_targets
 from data.cifar import CIFARHorses
 from errors import UsageError
-from inference.cli import add_predict_args, check_predict_args
-from models import MODELS, build_model
-from colorization_sweep import run_sweep
-from training.callbacks import ValidationGrid
-from training.cli import (HelpFormatter, add_perf_args, add_run_args, add_trainer_args, positive_int,
-                          quiet_known_warnings, run_main)
-from training.figures import plot_curves, save_image_rows
-from training.metrics import BatchMean
-from training.runs import reuse_or_train, run_settings
-from training.task import Prepared, run_task
-from training.tensorboard import custom_scalars
+from losses import make_loss
+from models.registry import MODELS, build_model
+from reporting import colorization as results
+from training.callbacks import CustomScalars, Speed
+from training.config import (RunConfig, dispatch, option, parse, positive_float, positive_int, run_main, settings,
+                             unit_float)
+from training.runs import check_resume_path, reuse_or_train, run_settings
+from training.trainer import Prepared, run_task
 
 TASK = "colorization"
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+COMMANDS = {"--predict": "inference.colorize:main", "--batch-sizes": "colorization_sweep:main",
+            "--export": "inference.export:colorization_main"}
 
 
-def pixel_classes(logits):
-    """Index of the largest logit per pixel, (N, C, H, W) -> (N, H, W): argmax over dim 1.
-    `max(dim).indices` returns the same (first) index and is about 3x faster than argmax on CPU."""
-    return logits.max(dim=1).indices
+# ----------------------------------------------------------------------------- config
 
+@dataclass(frozen=True)
+class ColorizationConfig(RunConfig):
+    model: str | None = option(None, "model to train", choices=tuple(MODELS), group="model", positional=True,
+                               shown="none, give one")
+    kernel: int = option(3, "convolution kernel size (1..7, odd or even)", check=positive_int, group="model")
+    num_filters: int = option(32, "NF: filters of the first layer", flags=("--num_filters",), check=positive_int,
+                              group="model")
+    optimizer: str = option("adamw", "optimiser", choices=tuple(OPTIMIZERS), group="model")
+    weight_decay: float = option(0.0, "weight decay of the optimiser", group="model")
+    rebalance: float | None = option(None, "class-rebalanced loss (Zhang et al. 2016, eq. 3-4): weight each pixel "
+                                     "by its target colour's ((1-LAMBDA) p + LAMBDA/24)^-1, p = smoothed colour "
+                                     "distribution of the training pixels; 1 = plain CE, 0.5 = the paper's",
+                                     check=unit_float, metavar="LAMBDA", group="model", shown="off, the homework's CE")
+    epochs: int = option(25, "number of training epochs", flags=("--nepochs",), check=positive_int)
+    batch_size: int = option(100, "images per batch (per device)", flags=("--batch_size",), check=positive_int)
+    lr: float = option(1e-3, "learning rate", flags=("--learn-rate", "--learn_rate"), check=positive_float)
+    data_dir: str = option("datasets", "folder holding cifar-10-batches-py/ or cifar-10-python.tar.gz "
+                           "(downloaded here when missing)", group="data", setting=False)
+    palette: str | None = option(None, "palette .npy of K RGB colours in [0, 1]", group="data", setting=False,
+                                 shown="color/color_kmeans24_cat7.npy")
+    compile: bool | None = option(None, "torch.compile the net (a performance flag: same numbers)", group="speed",
+                                  setting=False, shown="on where it is faster: CPU and CUDA")
+    channels_last: bool | None = option(None, "channels-last memory format", group="speed", setting=False,
+                                        shown="on for CUDA, off otherwise")
+
+
+# ----------------------------------------------------------------------------- model
 
 class ColorizationModule(pl.LightningModule):
-    """Any registered colorization model + pixel-wise cross-entropy + pixel accuracy.
+    """A registered colourisation net + pixel-wise cross-entropy (plain, or rebalanced with `rebalance`)
+    + pixel accuracy + colour quality (color/metrics.py) from the validation pass.
 
-    rebalance: None (the homework's plain cross-entropy) or Zhang et al.'s lambda in [0, 1]: the
-    training loss weights each pixel by its target colour's weight (color/rebalance.py), computed from
-    the training split at the start of fit and kept in the buffer `class_weights`, so checkpoints,
-    resume and predict carry them. `train/loss` and `val/loss` are always the plain cross-entropy
-    (comparable with the homework); `train/loss_weighted` / `val/loss_weighted` the rebalanced one.
-    After every validation epoch the colour-quality metrics (color/metrics.py) of all validation
-    images are logged (rank 0) as `val/colourfulness_*`, `val/mae_rgb_*` and `val/mean_recall`.
+    `train/loss` and `val/loss` are always the plain cross-entropy (comparable with the homework);
+    a rebalanced run also logs `*/loss_weighted`, the loss it minimises. The palette is a
+    hyper-parameter, so every checkpoint decodes with the colours its classes were trained on.
     """
 
     QUALITY_FIGURE_EVERY = 5  # epochs between the per-colour and confusion figures in TensorBoard (and the last)
 
-    def __init__(self, model="UNet", kernel=3, num_filters=32, num_colours=24, num_in_channels=1,
-                 lr=1e-3, optimizer="adamw", weight_decay=0.0, rebalance=None):
+    def __init__(self, model="UNet", kernel=3, num_filters=32, palette=None, lr=1e-3, optimizer="adamw",
+                 weight_decay=0.0, rebalance=None):
         super().__init__()
-        if rebalance is not None and not 0.0 <= rebalance <= 1.0:
-            raise UsageError(f"--rebalance {rebalance}: lambda must lie in [0, 1] (1 = plain cross-entropy, "
-                             f"0.5 = Zhang et al.'s choice)")
+        palette = load_palette().tolist() if palette is None else [list(map(float, c)) for c in palette]
         self.save_hyperparameters()
-        # Persistent buffers: saved in every checkpoint's state_dict and restored on resume and load.
-        self.register_buffer("class_weights", torch.ones(num_colours))
-        self.register_buffer("colour_prior", torch.zeros(num_colours))  # smoothed p (float32: any device)
-        self.quality = None  # the last validation epoch's colour-quality dict
-        self.model = build_model(model, kernel=kernel, num_in_channels=num_in_channels,
-                                 num_filters=num_filters, num_colours=num_colours)
-        # validate_args=False: the targets are palette indices by construction, and the checks
-        # (torch.unique over every pixel, every step) cost more than the metric itself.
-        self.train_acc = MulticlassAccuracy(num_colours, average="micro", validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_colours, average="micro", validate_args=False)
-        self.train_loss, self.val_loss = BatchMean(), BatchMean()  # exact epoch means under DDP too
-        self.train_loss_weighted, self.val_loss_weighted = BatchMean(), BatchMean()
+        colours = len(palette)
+        self.model = build_model(model, kernel=kernel, num_in_channels=1, num_filters=num_filters, num_colours=colours)
+        self.rebalanced = rebalance is not None
+        self.criterion = make_loss("rebalanced_ce", num_classes=colours) if self.rebalanced else make_loss("ce")
+        # validate_args=False: the targets are palette indices by construction; the checks cost more than the metric
+        self.acc = torch.nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(colours, average="micro", validate_args=False)
+                                        for s in ("train", "val")})
+        self.losses = torch.nn.ModuleDict({f"{s}_{k}": MeanMetric() for s in ("train", "val")  # exact epoch means
+                                           for k in ("loss", "loss_weighted")})
+        self.quality, self.last_quality = None, None  # ColourQuality (made at setup); its last epoch's values
 
     def forward(self, grey):
         return self.model(grey)
 
-    @property
-    def rebalanced(self):
-        return self.hparams.get("rebalance") is not None
-
     def setup(self, stage):
+        data = self.trainer.datamodule
+        grey, target, rgb = data.val_set.tensors
+        self.quality = ColourQuality(self.hparams.palette, reference(rgb, target, data.palette), DEFAULT_TEMPERATURE)
         # Before Lightning restores a checkpoint: on resume the stored weights then replace these.
-        if stage == "fit" and self.rebalanced and not bool(self.colour_prior.sum() > 0):
-            dm = self.trainer.datamodule
-            weights, prior = class_weights_from_targets(dm.train_set.tensors[1], dm.palette, self.hparams.rebalance)
-            self.class_weights.copy_(weights)
-            self.colour_prior.copy_(prior)
+        if stage == "fit" and self.rebalanced and not self.criterion.weights_set:
+            self.criterion.set_weights(*class_weights_from_targets(data.train_set.tensors[1], data.palette,
+                                                                   self.hparams.rebalance))
 
-    def on_load_checkpoint(self, checkpoint):
-        # Checkpoints written before rebalancing existed hold no weights: theirs were the plain CE.
-        state = checkpoint.get("state_dict", {})
-        state.setdefault("class_weights", torch.ones(self.hparams.num_colours))
-        state.setdefault("colour_prior", torch.zeros(self.hparams.num_colours))
-
-    def _step(self, batch, stage, accuracy, batch_idx=0):
-        grey, target = batch
+    def _step(self, batch, stage, batch_idx):
+        grey, target = batch[0], batch[1]
         logits = self(grey)
-        plain, weighted = weighted_cross_entropy(logits, target, self.class_weights if self.rebalanced else None)
-        loss = weighted  # what is optimised; the plain CE when rebalance is None
-        accuracy.update(pixel_classes(logits.detach()), target)  # update(), not forward(): no per-batch value needed
-        mean_loss = getattr(self, f"{stage}_loss")
-        mean_loss.update(plain, len(target))
-        if self.rebalanced:
-            getattr(self, f"{stage}_loss_weighted").update(weighted, len(target))
-        # Epoch-level values only, synced across DDP ranks once, when Lightning computes them at
-        # the epoch's end. Registering the Metric objects on the first batch is enough: a self.log
-        # call costs Lightning ~1-4 ms, as much as a whole GPU step here.
+        plain, loss = self.criterion.terms(logits, target)
+        pred = logits.detach().max(dim=1).indices  # = argmax(dim=1), about 3x faster on CPU
+        self.acc[f"{stage}_acc"].update(pred, target)
+        names = ["loss", "loss_weighted"] if self.rebalanced else ["loss"]
+        for name, value in zip(names, (plain, loss)):
+            mean = self.losses[f"{stage}_{name}"]
+            mean.update(value.detach(), target.numel())
+            if batch_idx == 0:  # a Metric logged once is computed (and synced) over the epoch; each log costs ~2 ms
+                self.log(f"{stage}/{name}", mean, on_step=False, on_epoch=True, prog_bar=name == "loss")
         if batch_idx == 0:
-            self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
-            self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=True)
-            if self.rebalanced:
-                self.log(f"{stage}/loss_weighted", getattr(self, f"{stage}_loss_weighted"), on_step=False,
-                         on_epoch=True)
-        return loss
+            self.log(f"{stage}/acc", self.acc[f"{stage}_acc"], on_step=False, on_epoch=True, prog_bar=True)
+        return loss, logits, pred
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train", self.train_acc, batch_idx)
+        return self._step(batch, "train", batch_idx)[0]
 
     def validation_step(self, batch, batch_idx):
-        self._step(batch, "val", self.val_acc, batch_idx)
+        _, logits, pred = self._step(batch, "val", batch_idx)
+        last = self.current_epoch + 1 == self.trainer.max_epochs and not self.trainer.sanity_checking
+        self.quality.update(logits, batch[1], batch[2], pred=pred, full=last)
 
     def on_validation_epoch_end(self):
-        """Colour quality of every validation image (one more forward pass, on rank 0 only: it reads the
-        whole validation set), as scalars every epoch and as figures every few epochs and at the end."""
-        if self.trainer.sanity_checking or not self.trainer.is_global_zero:
+        quality = plain(self.quality.compute())  # on every process: the states are summed across them
+        self.quality.reset()
+        if self.trainer.sanity_checking:
             return
-        self.quality = evaluate_colour_quality(self, self.trainer.datamodule)
-        q = self.quality
-        for key in ("colourfulness_pred", "colourfulness_true", "colourfulness_ratio", "mae_rgb_argmax",
-                    "mae_rgb_annealed", "mean_recall"):
-            if q[key] is not None:
-                self.log(f"val/{key}", float(q[key]), on_step=False, on_epoch=True, rank_zero_only=True)
+        self.last_quality = quality
+        for key in results.QUALITY_SCALARS:
+            if quality[key] is not None:
+                self.log(f"val/{key}", float(quality[key]), on_step=False, on_epoch=True)
         epoch = self.current_epoch + 1
-        last = epoch == self.trainer.max_epochs
-        logger = self.trainer.logger
-        if logger is not None and hasattr(logger.experiment, "add_figure") and (
-                last or epoch % self.QUALITY_FIGURE_EVERY == 0):
-            name = f"{self.hparams.model} epoch {epoch}"
-            logger.experiment.add_figure("val/colours (share and recall per palette colour)",
-                                         per_colour_figure(q, name), self.current_epoch)
-            logger.experiment.add_figure("val/confusion matrix (row-normalised)", confusion_figure(q, name),
-                                         self.current_epoch)
+        if epoch == self.trainer.max_epochs or epoch % self.QUALITY_FIGURE_EVERY == 0:
+            results.log_quality_figures(self, quality, epoch)
 
     @torch.no_grad()
     def predict_indices(self, grey):
         """Palette index per pixel (argmax of the logits)."""
-        return pixel_classes(self(grey))
-
-    def on_save_checkpoint(self, checkpoint):
-        # Prediction (inference/colorize.py) must decode with the colours the classes were trained on.
-        palette = getattr(self.trainer.datamodule, "palette", None)
-        if palette is not None:
-            checkpoint["palette"] = palette.tolist()
+        return self(grey).max(dim=1).indices
 
     def configure_optimizers(self):
         opt = OPTIMIZERS[self.hparams.optimizer]
         return opt(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
-def evaluate_colour_quality(module, datamodule):
-    """color.metrics.colour_quality of `module` on all validation images (module left in its mode)."""
-    grey, target = datamodule.val_set.tensors
-    was_training = module.training
-    module.eval()
-    quality = colour_quality(module, grey, target, datamodule.val_rgb, datamodule.palette)
-    module.train(was_training)
-    return quality
+# ----------------------------------------------------------------------------- prepare, train
 
-
-def sample_rows(module, datamodule, n=8):
-    """(label, images) rows for the fixed validation samples: grey input | prediction | ground truth."""
-    grey, target, _ = datamodule.sample_batch(n)
-    was_training = module.training
-    module.eval()
-    pred = module.predict_indices(grey.to(module.device)).cpu()
-    module.train(was_training)
-    palette = datamodule.palette
-    return [("greyscale input", grey), ("prediction", palette_to_rgb(pred, palette)),
-            ("ground truth", palette_to_rgb(target, palette))]
-
-
-def validation_grid():
-    """The TensorBoard grid of fixed validation images, logged after every validation epoch."""
-    return ValidationGrid(sample_rows, "val/samples (grey | prediction | truth)", 8, scale=4)
-
-
-def write_results(module, datamodule, args, run, trainer, history, checkpoint, test_metrics):
-    """curves.png, samples.png, colour_recall.png and confusion.png in the run's results folder; returns the
-    task's summary fields."""
-    name = module.hparams.model
-    rebalanced = module.rebalanced
-    loss_keys = ["train/loss", "val/loss"] + (["train/loss_weighted", "val/loss_weighted"] if rebalanced else [])
-    flag = f" --rebalance {module.hparams.rebalance:g}" if rebalanced else ""
-    plot_curves(history.history, [("cross-entropy loss", loss_keys),
-                                  ("pixel accuracy", ["train/acc", "val/acc"]),
-                                  ("colourfulness of val images", ["val/colourfulness_pred", "val/colourfulness_true"])],
-                run.results / "curves.png", f"{name}{flag}: per epoch")
-    save_image_rows(sample_rows(module, datamodule), run.results / "samples.png",
-                    f"{name} after {len(history.history)} epochs: validation samples")
-    quality = evaluate_colour_quality(module, datamodule)  # the final model, whatever the last epoch logged
-    save_colour_figures(quality, run.results, f"{name} after {len(history.history)} epochs")
-    rebalance = {"lambda": module.hparams.rebalance, "class_weights": module.class_weights.tolist(),
-                 "smoothed_distribution": module.colour_prior.tolist()} if rebalanced else None
-    best_loss, best_epoch = history.best("val/loss", "min")
-    best_acc, best_acc_epoch = history.best("val/acc", "max")
-    return dict(
-        model=name, hyperparameters=dict(module.hparams), batch_size=args.batch_size, seed=args.seed,
-        best_val_loss=best_loss, best_val_loss_epoch=best_epoch,
-        best_val_acc=best_acc, best_val_acc_epoch=best_acc_epoch,
-        final_val_loss=history.last("val/loss"), final_val_acc=history.last("val/acc"),
-        final_train_loss=history.last("train/loss"), final_train_acc=history.last("train/acc"),
-        loss="rebalanced cross-entropy" if rebalanced else "cross-entropy", rebalance=rebalance,
-        colour_quality=quality, data=datamodule.source)
-
-
-def data_settings(datamodule):
-    """What of the data decides a run's numbers: the tensors read (grey inputs and palette targets)."""
-    palette = hashlib.sha256(datamodule.palette.float().numpy().tobytes()).hexdigest()[:16]
-    return {"checksum": datamodule.data_checksum(), "palette": palette}
-
-
-def prepare(args):
-    """The seeded DataModule (data found or downloaded, split), the module and the run settings."""
-    pl.seed_everything(args.seed, workers=True)
-    datamodule = CIFARHorses(data_dir=args.data_dir, batch_size=args.batch_size, palette=args.palette,
-                             num_workers=args.num_workers, seed=args.seed)
+def prepare(config):
+    """The seeded DataModule (data found or downloaded), the module and the run settings."""
+    if config.model is None:
+        raise UsageError(f"choose a model: {', '.join(MODELS)}")
+    check_resume_path(config.resume)
+    pl.seed_everything(config.seed, workers=True)
+    datamodule = CIFARHorses(data_dir=config.data_dir, batch_size=config.batch_size, palette=config.palette,
+                             num_workers=config.num_workers, seed=config.seed)
     datamodule.prepare_data()  # fail early, before any run folder is made, if the data is missing
     datamodule.setup("fit")
-    module = ColorizationModule(model=args.model, kernel=args.kernel, num_filters=args.num_filters,
-                                num_colours=datamodule.num_colours, lr=args.lr, optimizer=args.optimizer,
-                                weight_decay=args.weight_decay, rebalance=args.rebalance)
-    return Prepared(module, datamodule, run_settings(TASK, args, module.hparams, data_settings(datamodule)))
+    module = ColorizationModule(model=config.model, kernel=config.kernel, num_filters=config.num_filters,
+                                palette=datamodule.palette.tolist(), lr=config.lr, optimizer=config.optimizer,
+                                weight_decay=config.weight_decay, rebalance=config.rebalance)
+    return Prepared(module, datamodule, run_settings(TASK, settings(config), datamodule.settings()))
 
 
-def train(args, prepared=None):
-    """Train one model as the flags say; returns the summary dict (global rank 0) or None."""
-    prepared = prepared or prepare(args)
-    rebalanced = args.rebalance is not None
-    return run_task(TASK, args, prepared, prefix=args.model, mode="min",
-                    monitor="val/loss_weighted" if rebalanced else "val/loss",  # the loss being minimised
-                    callbacks=[validation_grid(), custom_scalars(TASK, rebalanced=rebalanced)], results=partial(write_results, prepared.module, prepared.datamodule,
-                                                                   args), headline=headline)
+def trainer_callbacks(config, prepared):
+    """The task's own callbacks (the validation grid, the Custom Scalars layout, compile / channels-last)."""
+    return [results.validation_grid(prepared.datamodule), CustomScalars(results.layout(prepared.module.rebalanced)),
+            Speed(config.compile, config.channels_last)]
 
 
-def headline(s):
-    return (f"{s['model']}: best val loss {s['best_val_loss']:.4f} (epoch {s['best_val_loss_epoch'] + 1}), "
-            f"final val acc {s['final_val_acc']:.4f}")
+def train(config, prepared=None):
+    """Train one model as `config` says; returns the summary dict (global rank 0) or None."""
+    prepared = prepared or prepare(config)
+    module, datamodule = prepared.module, prepared.datamodule
+    return run_task(config, prepared, task=TASK, prefix=config.model, mode="min",
+                    callbacks=trainer_callbacks(config, prepared),
+                    monitor=results.monitor(module.rebalanced), headline=results.headline, metrics=results.metrics,
+                    results=lambda run, history, _: results.write_results(module, datamodule, config, run, history))
 
 
-def train_or_reuse(args, log=print):
+def train_or_reuse(config, log=print):
     """(summary, trained): a finished run with these settings, or one trained now (report, sweep)."""
-    return reuse_or_train(TASK, prepare, train, args, log)
+    return reuse_or_train(TASK, prepare, train, config, log)
 
 
-def render_samples(summary, datamodule, path, logs_dir):
-    """Validation samples of a finished run (from its last checkpoint), titled with its batch size; None
-    when the checkpoint is gone."""
-    from training.checkpoints import load_module
-    from training.runs import summary_checkpoint
-
-    ckpt = summary_checkpoint(summary, "last", logs_dir)
-    if ckpt is None:
-        return None
-    module = load_module(ColorizationModule, ckpt, TASK)
-    title = (f"{summary['model']}, batch size {summary['batch_size']}, after {summary['epochs']} epoch(s): "
-             f"validation samples")
-    save_image_rows(sample_rows(module, datamodule), path, title)
-    return path
-
-
-def unit_float(text):
-    """argparse type: a float in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
-    return value
-
-
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="colorization.py", formatter_class=HelpFormatter,
-        description="Train a colorization CNN on CIFAR-10 horses: greyscale in, one of 24 colours per pixel out.",
-        epilog="example: python colorization.py UNet --epochs 25 --batch-size 100\n"
-               "         tensorboard --logdir logs/")
-    choices = sorted(MODELS)
-    parser.add_argument("model", nargs="?", choices=choices, metavar="MODEL",
-                        help=f"model to train: {', '.join(choices)}")
-    parser.add_argument("--model", dest="model_flag", choices=choices, metavar="MODEL", help="same as the positional MODEL")
-    m = parser.add_argument_group("model")
-    m.add_argument("--kernel", type=positive_int, default=3, help="convolution kernel size (1..7, odd or even)")
-    m.add_argument("--num-filters", "--num_filters", type=positive_int, default=32, help="NF: filters of the first layer")
-    m.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw", help="optimiser")
-    m.add_argument("--weight-decay", type=float, default=0.0, help="weight decay of the optimiser")
-    m.add_argument("--rebalance", type=unit_float, default=None, metavar="LAMBDA",
-                   help="class rebalancing of the loss (Zhang et al. 2016, eq. 3-4): weight each pixel by its "
-                        "target colour's ((1-LAMBDA) p + LAMBDA/24)^-1, p = smoothed colour distribution of the "
-                        "training pixels; 1 = plain CE, 0.5 = the paper's (default: off, the homework's plain CE)")
-    m.add_argument("--palette", default=None,
-                   help="palette .npy file of K RGB colours in [0,1] (default: color/color_kmeans24_cat7.npy)")
-    add_run_args(parser, epochs=25, batch_size=100, lr=1e-3, data_dir="datasets")
-    add_trainer_args(parser)
-    add_predict_args(parser, TASK)
-    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", metavar="B", default=None,
-                        help="batch-size sweep (homework Q1.2.5): one run per batch size, compared in "
-                             "RESULTS_DIR/colorization/batch_sweep/; see colorization_sweep.py")
-    add_perf_args(parser)
-    return parser
-
-
-def parse_args(argv=None):
-    """Parse and check the flags; bad usage exits 2 with argparse's message."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.model and args.model_flag and args.model != args.model_flag:
-        parser.error(f"two different models given: {args.model} and --model {args.model_flag}")
-    args.model = args.model or args.model_flag
-    check_predict_args(parser, args)
-    if args.model is None and not args.predict:  # --predict takes the model from the checkpoint
-        parser.error(f"choose a model: {', '.join(sorted(MODELS))}")
-    return args
+def parse_config(argv=None):
+    return parse(ColorizationConfig, argv, "colorization.py",
+                 "Train a colorization CNN on CIFAR-10 horses: greyscale in, one of 24 colours per pixel out.",
+                 "other modes (each has its own --help):\n"
+                 "  python colorization.py [MODEL] --predict IMAGE|FOLDER ...  colourise your own images\n"
+                 "  python colorization.py MODEL --batch-sizes B [B ...]       batch-size sweep (homework Q1.2.5)\n"
+                 "  python colorization.py [MODEL] --export onnx               export a trained net\n"
+                 "example: python colorization.py UNet --epochs 25 --batch-size 100; tensorboard --logdir logs/")
 
 
 def main(argv=None):
-    quiet_known_warnings()
-    args = parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]  # for the resume hint
-    if args.predict:
-        from inference.colorize import predict
-        return run_main(predict, args)
-    if args.batch_sizes:  # homework Q1.2.5
-        return run_main(partial(run_sweep, train_one=train_or_reuse, render=render_samples), args)
-    return run_main(train, args)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = dispatch(argv, COMMANDS)
+    return command(argv) if command else run_main(train, argv, parse_config)
 
 
 if __name__ == "__main__":

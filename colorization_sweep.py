@@ -5,60 +5,54 @@
 trains one run per batch size (every other flag as given, the same for all) and writes
 `RESULTS_DIR/colorization/batch_sweep/`:
 
-- `batch_sweep.csv`: batch size, final and best train/val loss and accuracy, wall seconds, run;
-- `val_loss.png`: the validation loss (and accuracy) curves of all batch sizes;
-- `samples_bs<B>.png`: validation samples (grey | prediction | truth) of the run with batch size B;
+- `batch_sweep.csv`: per batch size the optimiser steps, final and best train/val loss and accuracy,
+  the colour quality of the final model (colourfulness ratio, mean recall), wall seconds and the run;
+- `val_loss.png`: validation loss and accuracy of every batch size against epochs and against
+  optimiser steps (a larger batch takes fewer steps per epoch);
+- `samples_bs<B>.png`: the validation samples of the run with batch size B;
 - `sweep.json`: the sweep's settings and its runs.
 
-Reruns never destroy an earlier sweep. A run already finished with the same settings (summary.json;
-see training/runs.py, `differences`) is reused, not trained again,
-so an interrupted sweep resumes where it stopped. The folder is `batch_sweep/` when it is free or
-holds a sweep with the same settings (then it is rewritten with the same runs); a sweep with other
-settings (epochs, model, batch sizes, ...) goes to the first free or matching `batch_sweep-2`,
-`batch_sweep-3`, ...
-
-The sweep runs one process per batch size after the other; several devices (DDP) are refused with
-one line, since each rank would have to step through the same runs in the same order.
-This module knows nothing of colorization.py: `train_one(args) -> (summary, trained)` and
-`render(summary, datamodule, path, logs_dir)` are handed in by its CLI.
+A run already finished with the same settings is reused (training/runs.py), so an interrupted sweep
+resumes where it stopped. The folder is `batch_sweep/` when it is free or holds a sweep with the same
+settings; a sweep with other settings goes to the first free or matching `batch_sweep-2`, ... The runs
+go one after the other in one process; several devices (DDP) are refused with one line.
 """
-import copy
 import csv
+import dataclasses
 import io
 import json
+import math
+import os
+import sys
 import time
 from pathlib import Path
 
-import matplotlib
+from matplotlib import pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import colorization
+from errors import UsageError
+from files import atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text
+from training.config import option, parse, positive_int, run_main, settings
 
-from data.cifar import find_batch_folder  # noqa: E402
-from errors import UsageError  # noqa: E402
-from training.cli import several_processes  # noqa: E402
-from training.files import atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-
-TASK = "colorization"
-SWEEP_DIR = "batch_sweep"
-CSV_NAME = "batch_sweep.csv"
-FIGURE_NAME = "val_loss.png"
-CSV_COLUMNS = ("batch_size", "epochs", "final_train_loss", "final_train_acc", "final_val_loss", "final_val_acc",
-               "best_train_loss", "best_train_acc", "best_val_loss", "best_val_loss_epoch", "best_val_acc",
-               "best_val_acc_epoch", "wall_seconds", "run")
+TASK = colorization.TASK
+SWEEP_DIR, CSV_NAME, FIGURE_NAME = "batch_sweep", "batch_sweep.csv", "val_loss.png"
+CSV_COLUMNS = ("batch_size", "epochs", "steps", "final_train_loss", "final_train_acc", "final_val_loss",
+               "final_val_acc", "best_val_loss", "best_val_loss_epoch", "best_val_acc", "best_val_acc_epoch",
+               "colourfulness_ratio", "mean_recall", "wall_seconds", "run")
 
 
-def sweep_settings(args, batch_sizes):
-    """The settings that identify a sweep (and its folder)."""
-    folder = find_batch_folder(args.data_dir)
-    return {"model": args.model, "batch_sizes": sorted(batch_sizes), "epochs": args.epochs, "kernel": args.kernel,
-            "num_filters": args.num_filters, "lr": float(args.lr), "optimizer": args.optimizer,
-            "weight_decay": float(args.weight_decay), "seed": args.seed,
-            "data": str(folder) if folder else str(Path(args.data_dir).resolve()),
-            "palette": str(args.palette or "default"),
-            # only when set, so that the settings of earlier sweeps (plain cross-entropy) still match
-            **({"rebalance": args.rebalance} if getattr(args, "rebalance", None) is not None else {})}
+@dataclasses.dataclass(frozen=True)
+class SweepConfig(colorization.ColorizationConfig):
+    batch_sizes: tuple[int, ...] = option((), "one run per batch size (homework Q1.2.5)", check=positive_int,
+                                          metavar="B", group="model", shown="none, give several")
+
+
+def several_processes(config):
+    """Whether the Trainer flags (or torchrun / srun) ask for more than one process."""
+    devices = config.devices
+    many = devices == -1 or (isinstance(devices, int) and devices > 1) or (isinstance(devices, str) and "," in devices)
+    return many or config.num_nodes > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def sweep_folder(results_dir, settings):
@@ -76,44 +70,37 @@ def sweep_folder(results_dir, settings):
     raise UsageError(f"no free batch_sweep-N folder in {root}")
 
 
-def _best(history, key, pick):
-    values = [h[key] for h in history if h.get(key) is not None]
-    return pick(values) if values else None
-
-
 def csv_row(summary):
-    """One CSV row (dict keyed by CSV_COLUMNS) from a run's summary."""
-    history = summary.get("history", [])
-    return {"batch_size": summary["batch_size"], "epochs": summary["epochs"],
-            "final_train_loss": summary["final_train_loss"], "final_train_acc": summary["final_train_acc"],
-            "final_val_loss": summary["final_val_loss"], "final_val_acc": summary["final_val_acc"],
-            "best_train_loss": _best(history, "train/loss", min), "best_train_acc": _best(history, "train/acc", max),
-            "best_val_loss": summary["best_val_loss"], "best_val_loss_epoch": summary["best_val_loss_epoch"] + 1,
-            "best_val_acc": summary["best_val_acc"], "best_val_acc_epoch": summary["best_val_acc_epoch"] + 1,
-            "wall_seconds": summary["wall_seconds"], "run": summary["run"]}
+    """One row (keyed by CSV_COLUMNS) from a run's summary; epochs counted from 1."""
+    quality = summary["colour_quality"]
+    steps = math.ceil(summary["data"]["train"] / summary["batch_size"]) * summary["epochs"]
+    return {"steps": steps, "colourfulness_ratio": quality["colourfulness_ratio"],
+            "mean_recall": quality["mean_recall"], **{k: summary[k] for k in CSV_COLUMNS if k in summary}}
 
 
 def write_csv(path, rows):
-    """Write the rows (dicts keyed by CSV_COLUMNS) atomically; epochs in it are 1-based."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        writer.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in CSV_COLUMNS})
     return atomic_write_text(path, out.getvalue())
 
 
 def plot_sweep(summaries, path, title):
-    """Validation loss and accuracy per epoch, one line per batch size."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    panels = (("val/loss", "validation cross-entropy (nats per pixel)", 1),
-              ("val/acc", "validation pixel accuracy (%)", 100))
-    for ax, (key, ylabel, scale) in zip(axes, panels):
-        for s in summaries:
-            points = [(h["epoch"] + 1, h[key] * scale) for h in s["history"] if h.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=f"batch size {s['batch_size']}")
-        ax.set_xlabel("epoch")
+    """Validation loss against epochs and against optimiser steps, and accuracy against epochs, per batch size."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for s in summaries:
+        per_epoch = math.ceil(s["data"]["train"] / s["batch_size"])
+        points = [(h["epoch"], h["val/loss"], h["val/acc"]) for h in s["history"] if h.get("val/loss") is not None]
+        epochs, loss, acc = zip(*points)
+        label = f"batch size {s['batch_size']}"
+        axes[0].plot(epochs, loss, marker="o", markersize=3, label=label)
+        axes[1].plot([e * per_epoch for e in epochs], loss, marker="o", markersize=3, label=label)
+        axes[2].plot(epochs, [100 * a for a in acc], marker="o", markersize=3, label=label)
+    for ax, (xlabel, ylabel) in zip(axes, [("epoch", "validation cross-entropy"), ("optimiser steps", "validation "
+                                           "cross-entropy"), ("epoch", "validation pixel accuracy (%)")]):
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -124,55 +111,76 @@ def plot_sweep(summaries, path, title):
     plt.close(fig)
 
 
-def run_sweep(args, train_one, render, log=print):
-    """Train (or reuse) one run per batch size in `args.batch_sizes`; write the sweep folder.
+def run_sweep(config, log=print):
+    """Train (or reuse) one run per batch size in `config.batch_sizes`; write the sweep folder.
 
     Returns a dict: folder, settings, summaries (sorted by batch size), rows, csv, figure, samples
     ({batch size: path}), trained (how many runs were trained now).
     """
-    if args.run_name:
+    if not config.batch_sizes:
+        raise UsageError("give the batch sizes of the sweep: --batch-sizes B [B ...]")
+    if config.run_name:
         raise UsageError("--run-name cannot be combined with --batch-sizes: each batch size gets its own run")
-    if several_processes(args):
+    if several_processes(config):
         raise UsageError("--batch-sizes runs one process at a time: drop --devices/--num-nodes (or torchrun) "
                          "for the sweep, or train each batch size as its own run with --devices N")
-    if args.devices == "auto":
-        args.devices = 1  # 'auto' would take every GPU of the machine, i.e. DDP
-    batch_sizes = sorted(set(args.batch_sizes))
     summaries, trained = [], 0
-    for b in batch_sizes:
-        one = copy.copy(args)
-        one.batch_size, one.batch_sizes = b, None
-        one.run_name = f"{args.model}-bs{b:03d}-{time.strftime('%Y%m%d-%H%M%S')}"
-        log(f"batch-size sweep: batch size {b} ({args.epochs} epoch(s))")
-        summary, new = train_one(one, log)
+    runs = run_configs(config)
+    for b, one in runs:
+        log(f"batch-size sweep: batch size {b} ({config.epochs} epoch(s))")
+        summary, new = colorization.train_or_reuse(one, log)
         summaries.append(summary)
         trained += new
-    return write_sweep(args, batch_sizes, summaries, trained, render, log)
+    return write_sweep(config, [b for b, _ in runs], summaries, trained, log)
 
 
-def write_sweep(args, batch_sizes, summaries, trained, render, log=print):
+def run_configs(config):
+    """[(batch size, ColorizationConfig of its run)], smallest batch first: the runs of the sweep, which
+    report.py trains in parallel processes (each as `colorization.train_or_reuse` of its config)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    # devices=1: 'auto' would take every GPU of the machine, i.e. DDP
+    return [(b, colorization.ColorizationConfig(**{**settings_of(config), "batch_size": b, "devices": 1,
+                                                   "run_name": f"{config.model}-bs{b:03d}-{stamp}"}))
+            for b in sorted(set(config.batch_sizes))]
+
+
+def settings_of(config):
+    """The fields of a ColorizationConfig (all but batch_sizes)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(colorization.ColorizationConfig)}
+
+
+def write_sweep(config, batch_sizes, summaries, trained, log=print):
     """The sweep folder's CSV, figure, sample grids and sweep.json."""
-    from data.cifar import CIFARHorses
-
-    settings = sweep_settings(args, batch_sizes)
-    folder = sweep_folder(args.results_dir, settings)
+    sweep = {k: v for k, v in settings(config).items() if k not in ("batch_size", "batch_sizes")}
+    sweep = {**sweep, "batch_sizes": batch_sizes, "data": summaries[0]["settings"]["data"]}
+    folder = sweep_folder(config.results_dir, sweep)
     folder.mkdir(parents=True, exist_ok=True)
     rows = [csv_row(s) for s in summaries]
     csv_path = write_csv(folder / CSV_NAME, rows)
-    figure = folder / FIGURE_NAME
-    plot_sweep(summaries, figure, f"{args.model}: validation curves per batch size ({args.epochs} epoch(s) each)")
-    datamodule = CIFARHorses(data_dir=args.data_dir, batch_size=max(batch_sizes), palette=args.palette)
-    datamodule.setup()
+    plot_sweep(summaries, folder / FIGURE_NAME, f"{config.model}: validation curves per batch size "
+                                                f"({config.epochs} epoch(s) each)")
     samples = {}
     for s in summaries:
-        path = folder / f"samples_bs{s['batch_size']:03d}.png"
-        if render(s, datamodule, path, args.logs_dir) is None:  # checkpoint gone: copy the run's own samples
-            own = Path(args.results_dir) / TASK / s["run"] / "samples.png"
-            path = atomic_write_bytes(path, own.read_bytes()) if own.is_file() else None
-        if path is not None:
-            samples[s["batch_size"]] = Path(path)
-    atomic_write_json(folder / "sweep.json", {"settings": settings, "runs": [s["run"] for s in summaries],
+        own = Path(config.results_dir) / TASK / s["run"] / "samples.png"
+        if own.is_file():
+            samples[s["batch_size"]] = atomic_write_bytes(folder / f"samples_bs{s['batch_size']:03d}.png",
+                                                          own.read_bytes())
+    atomic_write_json(folder / "sweep.json", {"settings": sweep, "runs": [s["run"] for s in summaries],
                                               "csv": CSV_NAME, "figure": FIGURE_NAME})
     log(f"batch-size sweep: {len(summaries)} runs ({trained} trained now); results in {folder}")
-    return {"folder": folder, "settings": settings, "summaries": summaries, "rows": rows, "csv": csv_path,
-            "figure": figure, "samples": samples, "trained": trained}
+    return {"folder": folder, "settings": sweep, "summaries": summaries, "rows": rows, "csv": csv_path,
+            "figure": folder / FIGURE_NAME, "samples": samples, "trained": trained}
+
+
+def parse_config(argv=None):
+    return parse(SweepConfig, argv, "colorization.py", "Batch-size sweep (homework Q1.2.5): one colorization run "
+                 "per batch size, compared in RESULTS_DIR/colorization/batch_sweep/.",
+                 "example: python colorization.py ConvTransposeNet --batch-sizes 32 64 128 256 512 --epochs 10")
+
+
+def main(argv=None):
+    return run_main(run_sweep, sys.argv[1:] if argv is None else argv, parse_config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,8 @@
-"""The one exception type the command-line programs turn into a one-line message.
+"""The exceptions the command-line programs turn into one line: `error: <message>` and an exit code.
 
-Raise `UserError` (or a subclass) for anything the user can fix: a missing or corrupt file, a bad
-flag value, missing pretrained weights. The CLIs print `error: <message>` on stderr and exit with
-`exit_code` (2 for bad usage, 1 otherwise), without a traceback unless `--debug` is given.
+Raise `UserError` (or a kind below) for anything the user can fix: a missing or corrupt file, a bad
+flag value, missing pretrained weights. The message says what is wrong and what to do; the
+programs print it without a traceback unless `--debug` is given.
 """
 
 
@@ -13,10 +13,22 @@ class UserError(Exception):
 
 
 class UsageError(UserError):
-    """A bad command-line value (exit code 2, like argparse)."""
+    """A bad command-line or config value (exit code 2, like argparse)."""
 
     exit_code = 2
 
 
 class DataError(UserError):
     """A data set file that is missing, corrupt or of the wrong format."""
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(UserError):
+    """Training stopped by a signal; exit code 128 + the signal number, as shells report it."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

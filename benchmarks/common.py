@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/, not 
 
 def quiet():
     """Keep the output to the tables: Lightning's info lines and known advice off."""
-    from training.cli import quiet_known_warnings
+    from training.trainer import quiet_known_warnings
 
     quiet_known_warnings()
     warnings.filterwarnings("ignore", message=r".*randomly initialised.*")
@@ -31,7 +31,7 @@ def machine(device):
     import pytorch_lightning
     import torch
 
-    from training.files import cpu_model
+    from training.trainer import cpu_model
 
     facts = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
              "torch": torch.__version__, "pytorch_lightning": pytorch_lightning.__version__,
@@ -81,15 +81,3 @@ def print_json(obj):
     """The last line of a benchmark: one JSON object, so that runs can be compared by machine."""
     sys.stdout.flush()
     print(json.dumps(obj, sort_keys=False))
-
-
-def setup_device(args):
-    """Apply --threads, pick the device from --accelerator, default channels-last as the CLIs do."""
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda:0" if args.accelerator in ("gpu", "cuda") else "cpu")
-    if args.channels_last is None:
-        args.channels_last = device.type == "cuda"
-    return device

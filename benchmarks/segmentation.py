@@ -1,4 +1,4 @@
-"""The persistent feature store: segmentation.py's whole runs, first (store built), second (read), before.
+"""The persistent feature store: segmentation.py's whole runs, first (store built) and second (store read).
 
     python benchmarks/segmentation.py              # ResNet-101, 224 px, real Oxford17, 10 epochs
     python benchmarks/segmentation.py --quick      # mobilenet_v3_large, 136 synthetic images: a few minutes
@@ -8,18 +8,14 @@ synthetic fixture in the real on-disk format (tests/fixtures/oxford17.py), or --
 a stand-in COCO file (models/standin_weights.py: random values with the real file name, keys and
 shapes, so the compute is that of the real weights) in a temporary TORCH_HOME, or --torch-home.
 
-Three whole runs, in one process, each as train() makes it (module with its weights file, data
-decoded, Trainer with the CLI's callbacks, fit, test with the best checkpoint):
+Two whole runs in one process, each `segmentation.prepare(config)` then `segmentation.train(config,
+prepared)`, as `python segmentation.py` makes them (weights read, images decoded, the trunk's features
+computed or read, fit, test with the best checkpoint, results written):
 - first: --loss ce with an empty store: one trunk forward over every image of train, val and test,
-  written to the store, then 10 epochs and the test split on stored features;
-- second: --loss iou on the same store: no trunk forward at all;
-- before: the behaviour before issue 12 (train/val features in memory for this run only, the test
-  split through the full network); --skip-before leaves it out.
-"features s" is the time from the Trainer's fit start to its sanity check: the module's
-on_fit_start, i.e. the trunk pass (first, before) or reading the store (second). The trunk pass of
-the first run is "one trunk pass over all images". Targets (2-core CPU, ResNet-101 at 224): the
-second run >= 15x faster than the first; both runs together <= 1.15x that trunk pass.
-The last line printed is one JSON object with every figure.
+  written to the store (its time: "features s", within prepare), then the epochs and the test split;
+- second: --loss iou on the same store: no trunk forward at all.
+Targets (2-core CPU, ResNet-101 at 224): the second run >= 15x faster than the first; both runs
+together <= 1.15x one trunk pass. The last line printed is one JSON object with every figure.
 """
 import argparse
 import contextlib
@@ -30,52 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SHARED_DATA, elapsed, machine, median, now, print_json, print_table, quiet, setup_device
+from common import SHARED_DATA, elapsed, machine, now, print_json, print_table, quiet
 
-import pytorch_lightning as pl  # noqa: E402  (after common put the repo on sys.path)
-from pytorch_lightning import Callback  # noqa: E402
+import torch  # noqa: E402
 
-from data.oxford17 import Oxford17  # noqa: E402
-from segmentation import SegmentationModule, validation_grid  # noqa: E402
-from training.callbacks import ChannelsLast  # noqa: E402
-from training.runs import create_run  # noqa: E402
-from training.task import build_trainer  # noqa: E402
+import segmentation  # noqa: E402  (after common put the repo on sys.path)
+from segmentation import SegmentationConfig  # noqa: E402
 
 SECOND_TARGET, BOTH_TARGET = 15.0, 1.15
 CLASSES = 17
-
-
-class Timeline(Callback):
-    """Device-synchronised host times of the fit's milestones."""
-
-    def __init__(self, device):
-        self.device = device
-        self.fit_start = self.sanity_start = self.end = None
-        self.starts, self.val_starts = [], []
-
-    def on_fit_start(self, trainer, pl_module):  # before the module's on_fit_start (the cache pass)
-        self.fit_start = now(self.device)
-
-    def on_sanity_check_start(self, trainer, pl_module):
-        self.sanity_start = now(self.device)
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.starts.append(now(self.device))
-
-    def on_validation_start(self, trainer, pl_module):
-        if not trainer.sanity_checking:
-            self.val_starts.append(now(self.device))
-
-    def on_train_end(self, trainer, pl_module):
-        self.end = now(self.device)
-
-    def epochs(self):
-        """[{wall, cpu, train_wall, val_wall}] per epoch."""
-        out = []
-        for a, v, b in zip(self.starts, self.val_starts, self.starts[1:] + [self.end]):
-            wall, cpu = elapsed(a, b)
-            out.append({"wall": wall, "cpu": cpu, "train_wall": elapsed(a, v)[0], "val_wall": elapsed(v, b)[0]})
-        return out
 
 
 def write_fixture(root, n_images, size=256):
@@ -91,39 +50,39 @@ def write_fixture(root, n_images, size=256):
 
 
 def one_run(args, data_dir, device, work, loss, store, label):
-    """One whole run as segmentation.py's train() makes it: module (weights file read), data
-    (decoded), fit, test with the best checkpoint. store: a folder (persistent store) or None (the
-    behaviour before issue 12: train/val features in memory, test split through the full network)."""
+    """One whole run of segmentation.py with these flags; its times and numbers."""
+    config = SegmentationConfig(loss=loss, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+                                batch_size=args.batch_size, epochs=args.epochs, data_dir=str(data_dir),
+                                results_dir=str(work / "results"), logs_dir=str(work / "logs"),
+                                feature_store=str(store), accelerator=args.accelerator, devices=1,
+                                precision=args.precision, channels_last=args.channels_last, progress_bar=False)
+    timed = {}
+    original = segmentation.trunk_features
+
+    def trunk_features(*a, **k):  # the trunk pass (or the store read) inside prepare
+        start = now(device)
+        out = original(*a, **k)
+        timed["features_s"] = elapsed(start, now(device))[0]
+        return out
+
     start = now(device)
-    pl.seed_everything(0, verbose=False)
-    module = SegmentationModule(loss=loss, backbone=args.backbone, weights=args.weights, lr=1e-3,
-                                image_size=args.image_size, feature_cache=True, feature_store=store)
-    dm = Oxford17(data_dir=data_dir, image_size=args.image_size, batch_size=args.batch_size, download=False,
-                  seed=0, mean=module.model.mean, std=module.model.std)
-    dm.prepare_data()
-    dm.setup("fit")
-    run = create_run("segmentation", label, work / "results", work / "logs")
-    timeline = Timeline(device)
-    flags = dict(accelerator=args.accelerator, devices=1, precision=args.precision)
-    trainer, _, _ = build_trainer(run, args.epochs, "val/miou", "max", flags,
-                                  callbacks=[validation_grid(), ChannelsLast(args.channels_last), timeline])
-    fit_start = now(device)
-    with contextlib.redirect_stdout(sys.stderr):  # Lightning's progress bar writes to stdout
-        trainer.fit(module, datamodule=dm)
-        test_start = now(device)
-        test = trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False, weights_only=True)[0]
+    segmentation.trunk_features = trunk_features
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning's progress lines
+            prepared = segmentation.prepare(config)
+            fit_start = now(device)
+            summary = segmentation.train(config, prepared)
+    finally:
+        segmentation.trunk_features = original
     end = now(device)
-    epochs = timeline.epochs()
+    counts = summary["data"]["counts"]
     out = {"label": label, "loss": loss, "run_s": elapsed(start, end)[0], "run_cpu_s": elapsed(start, end)[1],
-           "setup_s": elapsed(start, fit_start)[0],
-           "features_s": elapsed(timeline.fit_start, timeline.sanity_start)[0],
-           "later_epoch_s": median([e["wall"] for e in epochs[1:]]),
-           "test_s": elapsed(test_start, end)[0], "epochs": len(epochs),
-           "n_train": len(dm.train_set), "n_val": len(dm.val_set), "n_test": len(dm.test_set),
-           "test_miou": test.get("test/miou"), "store": dm.feature_store_info}
-    print(f"[{time.strftime('%H:%M:%S')}] {label}: {out['run_s']:.1f} s (setup {out['setup_s']:.1f}, features "
-          f"{out['features_s']:.1f}, later epochs {out['later_epoch_s']:.2f} s each, test {out['test_s']:.1f})",
-          file=sys.stderr, flush=True)
+           "prepare_s": elapsed(start, fit_start)[0], "features_s": timed["features_s"],
+           "train_and_test_s": elapsed(fit_start, end)[0], "epochs": summary["epochs"],
+           "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"],
+           "test_miou": summary["test_miou"], "store": summary["feature_store"]}
+    print(f"[{time.strftime('%H:%M:%S')}] {label}: {out['run_s']:.1f} s (prepare {out['prepare_s']:.1f}, of it "
+          f"features {out['features_s']:.1f}; fit and test {out['train_and_test_s']:.1f})", file=sys.stderr, flush=True)
     return out
 
 
@@ -144,13 +103,13 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--data-dir", default=None,
                    help="Oxford17 folder (default: ../shared/data/oxford17 when present; --quick: the fixture)")
-    p.add_argument("--skip-before", action="store_true", help="do not time the behaviour before issue 12")
     p.add_argument("--accelerator", default="cpu", help="cpu or gpu")
     p.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last model (default: as the CLI, on for CUDA only)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--work-dir", default=None, help="where runs, the store and the fixture go (default: a temporary folder)")
+    p.add_argument("--work-dir", default=None,
+                   help="where runs, the store and the fixture go (default: a temporary folder)")
     args = p.parse_args(argv)
     args.backbone = args.backbone or ("mobilenet_v3_large" if args.quick else "resnet101")
     real = SHARED_DATA / "oxford17"
@@ -158,14 +117,15 @@ def parse_args(argv=None):
         args.data_dir = str(real)
     if args.data_dir is None and not args.quick:
         args.images = 848
-    args.weights = None if args.weights == "none" else args.weights
     return args
 
 
 def main(argv=None):
     quiet()
     args = parse_args(argv)
-    device = setup_device(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda:0" if args.accelerator in ("gpu", "cuda") else "cpu")
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         work = Path(tmp)
         if args.data_dir:
@@ -187,8 +147,6 @@ def main(argv=None):
         store = work / "features"
         runs = {"first": one_run(args, data_dir, device, work, "ce", store, "first"),    # builds the store
                 "second": one_run(args, data_dir, device, work, "iou", store, "second")}  # reads it
-        if not args.skip_before:
-            runs["before"] = one_run(args, data_dir, device, work, "ce", None, "before")
     report(args, device, data_kind, weights_kind, runs)
 
 
@@ -204,20 +162,18 @@ def report(args, device, data_kind, weights_kind, runs):
     print(f"data: {data_kind}; split train {first['n_train']} / val {first['n_val']} / test {first['n_test']}")
     print(f"machine: {facts['cpu']}, {facts['cpu_count']} cores, {facts['torch_threads']} torch threads"
           f"{', ' + facts['gpu'] if 'gpu' in facts else ''}; load average at the end {os.getloadavg()[0]:.1f}\n")
-    rows = [[r["label"], r["loss"], f"{r['run_s']:.1f}", f"{r['setup_s']:.1f}", f"{r['features_s']:.1f}",
-             f"{r['later_epoch_s']:.2f}", f"{r['test_s']:.1f}", f"{r['test_miou']:.4f}"] for r in runs.values()]
-    print_table(["run", "loss", "run s", "setup s", "features s", "epoch s", "test s", "test mIoU"], rows)
+    rows = [[r["label"], r["loss"], f"{r['run_s']:.1f}", f"{r['prepare_s']:.1f}", f"{r['features_s']:.1f}",
+             f"{r['train_and_test_s']:.1f}", f"{r['test_miou']:.4f}"] for r in runs.values()]
+    print_table(["run", "loss", "run s", "prepare s", "features s", "fit + test s", "test mIoU"], rows)
     print(f"\nrows: first = store built (trunk over all {n} images, written to disk); second = the other loss, "
-          f"store read (no trunk forward); before = the behaviour before issue 12 (train/val features in memory, "
-          f"test split through the full network)")
+          f"store read (no trunk forward)")
     store = first["store"] or {}
     print(f"store: {store.get('bytes', 0) / 2**20:.0f} MiB; first run reused it: {store.get('reused')}, "
           f"second run reused it: {(second['store'] or {}).get('reused')}")
     met_speed, met_both = speedup >= SECOND_TARGET, both <= BOTH_TARGET
     print(f"targets: second run >= {SECOND_TARGET:.0f}x faster than the first: {'met' if met_speed else 'MISSED'} "
           f"({speedup:.1f}x); both losses <= {BOTH_TARGET}x one trunk pass ({trunk:.1f} s): "
-          f"{'met' if met_both else 'MISSED'} ({both:.2f}x)"
-          + ("" if "before" not in runs else f"; the first run vs before: {runs['before']['run_s'] / first['run_s']:.2f}x"))
+          f"{'met' if met_both else 'MISSED'} ({both:.2f}x)")
     r = lambda d: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}  # noqa: E731
     print_json({"benchmark": "segmentation-store", "quick": args.quick, "backbone": args.backbone,
                 "image_size": args.image_size, "batch_size": args.batch_size, "epochs": args.epochs,

@@ -1,8 +1,15 @@
 """The colour palette: K RGB colours in [0, 1] that turn colorization into K-way classification.
 
-Each pixel's class is the index of its nearest palette colour; a predicted class map is shown as
-the image of those colours. The shipped palette (`color_kmeans24_cat7.npy`, 24 colours) is the
-k-means of the CIFAR-10 training horses' pixels; `python -m color.kmeans` regenerates it.
+Each pixel's class is the index of its nearest palette colour. The shipped palette
+(`color_kmeans24_cat7.npy`, 24 colours) is the k-means of the CIFAR-10 training horses' pixels;
+`python -m data.palette_kmeans` regenerates it.
+
+Logits are turned back into colours (`decode`) in one of two ways:
+- `argmax`: the most likely palette colour (the homework's choice);
+- `annealed`: the annealed mean of Zhang, Isola and Efros, "Colorful Image Colorization" (ECCV 2016):
+  with z = softmax(logits), f_T(z) = exp(log z / T) / sum exp(log z / T) = softmax(logits / T), and
+  colour = sum_k f_T(z)_k c_k. T = 1 gives the mean of the predicted distribution (desaturated), T -> 0
+  argmax (patchy); the paper's T = 0.38 lies between: smoother and more vivid than argmax.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import torch
 from errors import DataError
 
 DEFAULT_PALETTE_PATH = Path(__file__).with_name("color_kmeans24_cat7.npy")
-REGENERATE_HINT = "regenerate it with `python -m color.kmeans` (see color/README.md)"
+REGENERATE_HINT = "regenerate it with `python -m data.palette_kmeans` (see color/README.md)"
+DECODINGS = ("argmax", "annealed")
+DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s
 
 
 def load_palette(path: str | Path | None = None) -> torch.Tensor:
@@ -24,7 +33,8 @@ def load_palette(path: str | Path | None = None) -> torch.Tensor:
 
     `path=None` loads the shipped `DEFAULT_PALETTE_PATH` (a plain float array, never unpickled).
     A path given explicitly may also be the original homework's layout, an object array
-    `[centres, distortion]`; loading it needs pickle, so it is loaded with one warning.
+    `[centres, distortion]`; loading it needs pickle, so it is loaded with one warning. Other object
+    arrays (a dict saved with np.save, ...) are refused from the file's header, without unpickling.
     Raises `DataError` naming the file when it is missing, not a .npy file, or not K >= 2 RGB
     colours in [0, 1].
     """
@@ -32,37 +42,40 @@ def load_palette(path: str | Path | None = None) -> torch.Tensor:
     path = Path(path) if path is not None else DEFAULT_PALETTE_PATH
     if not path.is_file():
         raise DataError(f"palette file {path} not found; pass an existing .npy file or {REGENERATE_HINT}")
-    if _has_object_dtype(path):
-        array = _load_legacy(path, explicit)
+    shape = _object_array_shape(path)
+    if shape is not None:
+        array = _load_legacy(path, explicit, shape)
     else:
         array = _load_npy(path, allow_pickle=False)
     return check_palette(array, str(path))
 
 
-def _has_object_dtype(path: Path) -> bool:
-    """Read only the .npy header, so that deciding whether to unpickle never unpickles."""
+def _object_array_shape(path: Path):
+    """The shape of the .npy file's array when it holds pickled objects, else None. Reads only the
+    header, so that deciding whether to unpickle never unpickles."""
     readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     try:
         with open(path, "rb") as f:
             reader = readers.get(np.lib.format.read_magic(f))
-            # Other .npy versions are rare; np.load(allow_pickle=False) then decides safely.
-            return reader is not None and reader(f)[2].hasobject
+            if reader is None:  # other .npy versions are rare; np.load(allow_pickle=False) then decides safely
+                return None
+            shape, _, dtype = reader(f)
+            return tuple(shape) if dtype.hasobject else None
     except (ValueError, OSError, EOFError, SyntaxError) as e:
         raise DataError(f"palette file {path} is not a .npy array file ({e}); {REGENERATE_HINT}") from e
 
 
-def _load_legacy(path: Path, explicit: bool) -> np.ndarray:
+def _load_legacy(path: Path, explicit: bool, shape) -> np.ndarray:
     if not explicit:
         raise DataError(f"palette file {path} holds a pickled object array, which the default palette "
                         f"must not; {REGENERATE_HINT}")
-    warnings.warn(f"palette file {path} is the homework's pickled [centres, distortion] layout; "
-                  f"loading it unpickles the file, so only use files you trust", UserWarning, stacklevel=3)
-    array = _load_npy(path, allow_pickle=True)
-    try:
-        return np.asarray(array[0])
-    except (IndexError, TypeError, ValueError) as e:
-        raise DataError(f"palette file {path} is an object array but not [centres, distortion]; "
-                        f"{REGENERATE_HINT}") from e
+    if shape != (2,):  # e.g. a dict saved with np.save (shape ()): refused from the header, never unpickled
+        raise DataError(f"palette file {path} holds pickled objects of shape {shape}, not the homework's "
+                        f"[centres, distortion] layout (an object array of 2 items); refused without unpickling "
+                        f"it; {REGENERATE_HINT}")
+    warnings.warn(f"palette file {path} holds pickled objects (as the homework's original [centres, distortion] "
+                  f"file does); loading it unpickles the file, so only use files you trust", UserWarning, stacklevel=3)
+    return np.asarray(_load_npy(path, allow_pickle=True)[0])  # check_palette then checks the centres
 
 
 def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
@@ -121,3 +134,20 @@ def palette_to_rgb(indices: torch.Tensor, palette: torch.Tensor) -> torch.Tensor
     """
     palette = palette.to(indices.device)
     return palette[indices.long()].movedim(-1, -3)
+
+
+def annealed_probabilities(logits, temperature=DEFAULT_TEMPERATURE):
+    """f_T(softmax(logits)) = softmax(logits / T) over the class dimension 1 of (N, K, H, W) logits."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be greater than 0, got {temperature}")
+    return torch.softmax(logits.float() / temperature, dim=1)
+
+
+def decode(logits, palette, method="argmax", temperature=DEFAULT_TEMPERATURE):
+    """(N, K, H, W) logits -> (N, 3, H, W) RGB in [0, 1] with the palette's (K, 3) colours."""
+    palette = palette.to(logits.device, torch.float32)
+    if method == "argmax":
+        return palette_to_rgb(logits.argmax(dim=1), palette)
+    if method == "annealed":
+        return torch.einsum("nkhw,kc->nchw", annealed_probabilities(logits, temperature), palette)
+    raise ValueError(f"unknown decoding {method!r}; choose one of {', '.join(DECODINGS)}")

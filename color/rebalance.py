@@ -17,8 +17,9 @@ rebalanced loss weights every pixel by the weight of its *target* colour q:
 - lambda = 1 gives uniform weights, w = 1: exactly the plain cross-entropy. lambda = 0 gives pure
   inverse-frequency weights (not "off"!). The paper uses lambda = 0.5.
 
-The weights are computed once from the training split and travel in the checkpoint (a buffer of
-ColorizationModule), so resume and predict use the same ones.
+The weights are computed once from the training split and travel in the checkpoint (buffers of
+losses/cross_entropy.py's RebalancedCrossEntropy), so resume uses the same ones; the loss itself is
+there, this module only says which weights.
 """
 import torch
 
@@ -27,7 +28,8 @@ def palette_distribution(targets, num_colours):
     """Empirical share of every palette colour among the pixels of `targets` (any shape of palette ids)."""
     counts = torch.bincount(targets.reshape(-1).long(), minlength=num_colours).double()
     if counts.numel() != num_colours:
-        raise ValueError(f"targets hold colour ids up to {counts.numel() - 1}, but the palette has {num_colours} colours")
+        raise ValueError(f"targets hold colour ids up to {counts.numel() - 1}, but the palette has "
+                         f"{num_colours} colours")
     total = counts.sum()
     if total == 0:
         raise ValueError("no target pixels to count colours in")
@@ -76,14 +78,3 @@ def class_weights_from_targets(targets, palette, lam, sigma=None):
     palette = torch.as_tensor(palette)
     p = smooth_distribution(palette_distribution(targets, len(palette)), palette, sigma)
     return rebalance_weights(p, lam).float(), p
-
-
-def weighted_cross_entropy(logits, target, weights=None):
-    """(plain CE, rebalanced CE) of (N, Q, H, W) logits against (N, H, W) ids: both pixel means, from one
-    log-softmax. weights None: the second is the first. The weighted one is sum w[q] * nll / pixels,
-    not divided by the sum of the weights (the paper's eq. 3; PyTorch's `weight=` would divide)."""
-    nll = torch.nn.functional.cross_entropy(logits, target, reduction="none")
-    plain = nll.mean()
-    if weights is None:
-        return plain, plain
-    return plain, (weights[target] * nll).mean()

@@ -1,28 +1,28 @@
-"""DataLoaders over tensors in memory: one indexing operation per batch, exact evaluation under DDP.
+"""DataLoaders over tensors in memory: one gather per batch, a training order from (seed, epoch) alone,
+and exact evaluation under DDP.
 
 - `TensorBatches`: a TensorDataset whose `__getitems__` returns a whole batch with one gather per
-  tensor (`t[indices]`) instead of N item lookups and a `torch.stack`; with `keep_batch` as the
-  loader's collate_fn the batch goes straight to the step. Its tensors may live on the GPU: the
-  indices then go over once per batch (a few hundred bytes, pinned, asynchronous), the data never.
-- `make_sampler`: in one process a shuffle seeded by (seed, epoch) (data/sampling.py) or in order. Under DDP (world size > 1)
-  the training sampler is torch's DistributedSampler (pads by repeating a few items, so every rank
-  runs the same number of steps: DDP needs that), and evaluation gets Lightning's
-  UnrepeatedDistributedSampler: each item exactly once over all ranks, so validation and test
-  metrics, synced by torchmetrics, equal a single-process evaluation. Both are DistributedSamplers,
-  which Lightning leaves alone (it only replaces other samplers).
-- `distributed_info` / `accelerator_device`: what a DataModule attached to a Trainer needs to know.
+  tensor instead of N item lookups and a `torch.stack` (with `keep_batch` as collate_fn). Its tensors
+  may live on the GPU: then only the indices travel, once per batch.
+- `EpochShuffle`: PyTorch's RandomSampler draws each epoch's seed from the global RNG, so the order
+  of epoch 3 depends on everything that used the RNG before; after a resume that state is gone. This
+  one permutes with a generator seeded from (seed, epoch), so a resumed run sees the same batches.
+- `make_sampler`: in one process EpochShuffle or in order. Under DDP the training sampler is torch's
+  DistributedSampler (it pads by repeating a few items: every rank must run the same number of
+  steps) and evaluation gets Lightning's UnrepeatedDistributedSampler: each item exactly once over
+  all ranks, so validation and test metrics equal a single-process evaluation.
 """
+import numpy as np
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DistributedSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, TensorDataset
 
-from data.sampling import EpochShuffle
 from errors import UsageError
 
 
 class TensorBatches(TensorDataset):
-    """A TensorDataset that also serves whole batches: `ds.__getitems__(indices)` = tuple of
-    `tensor[indices]`, the batch `default_collate` would have stacked from the items."""
+    """A TensorDataset that also serves whole batches: `__getitems__(indices)` = tuple of `t[indices]`."""
 
     def __getitems__(self, indices):
         index = torch.as_tensor(indices, dtype=torch.long)
@@ -44,26 +44,45 @@ def keep_batch(batch):
     return batch
 
 
+def epoch_seed(seed, epoch):
+    """A 63-bit seed that mixes `seed` and `epoch` (seed 1 / epoch 0 and seed 0 / epoch 1 differ)."""
+    # int() first: numpy 1.x refuses uint64 >> int (numpy 2 promotes); the value is the same
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch)]).generate_state(2, np.uint64)[0]) >> 1
+
+
+class EpochShuffle(RandomSampler):
+    """Random order per epoch from (seed, epoch) alone. Lightning calls `set_epoch(e)` before each
+    training epoch; without Lightning the epoch counts up by itself."""
+
+    def __init__(self, data_source, seed=0):
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        # A generator: the epoch is read when the first batch is fetched, after Lightning's set_epoch.
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
 def distributed_info(datamodule):
     """(global rank, world size) of the Trainer the DataModule is attached to; (0, 1) without one."""
     trainer = getattr(datamodule, "trainer", None)
-    if trainer is None:
-        return 0, 1
-    return trainer.global_rank, trainer.world_size
+    return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
 
 def accelerator_device(datamodule):
     """The CUDA device this process trains on, or None (no Trainer yet, or not a CUDA run)."""
     trainer = getattr(datamodule, "trainer", None)
-    if trainer is None:
-        return None
-    device = trainer.strategy.root_device
-    return device if device.type == "cuda" else None
+    device = None if trainer is None else trainer.strategy.root_device
+    return device if device is not None and device.type == "cuda" else None
 
 
 def make_sampler(dataset, train, rank=0, world_size=1, seed=0):
-    """Sampler for `dataset`: shuffled for training, in order for evaluation; sharded over
-    `world_size` ranks when there are several (see the module docstring)."""
+    """Shuffled for training, in order for evaluation; sharded over `world_size` ranks when there are several."""
     if world_size <= 1:
         return EpochShuffle(dataset, seed) if train else SequentialSampler(dataset)
     if train:
@@ -73,3 +92,37 @@ def make_sampler(dataset, train, rank=0, world_size=1, seed=0):
         raise UsageError(f"{len(dataset)} evaluation items cannot give each of {world_size} processes one; "
                          f"use fewer devices")
     return UnrepeatedDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+
+
+def tensor_loader(datamodule, dataset, train, num_workers=0, pin_memory=False):
+    """The DataLoader of a dataset that serves whole batches (`__getitems__`): the sampler above, the
+    DataModule's batch size and seed, and a private generator, since creating an iterator draws a
+    worker base seed that must never consume the global RNG (a checkpoint restores that state)."""
+    rank, world_size = distributed_info(datamodule)
+    return DataLoader(dataset, batch_size=datamodule.batch_size, collate_fn=keep_batch,
+                      sampler=make_sampler(dataset, train, rank, world_size, datamodule.seed),
+                      generator=torch.Generator().manual_seed(int(datamodule.seed) & 0xFFFFFFFF),
+                      num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """A DataModule over given `datasets` ({"train", "val", "test": TensorBatches}), e.g. a frozen trunk's
+    features and their masks (segmentation.py), served like the others above; `info` says where they
+    came from (for the run's summary)."""
+
+    def __init__(self, datasets, batch_size, seed=0, info=None):
+        super().__init__()
+        self.datasets, self.batch_size, self.seed, self.info = dict(datasets), batch_size, seed, info
+
+    @property
+    def val_set(self):
+        return self.datasets["val"]
+
+    def train_dataloader(self):
+        return tensor_loader(self, self.datasets["train"], True)
+
+    def val_dataloader(self):
+        return tensor_loader(self, self.datasets["val"], False)
+
+    def test_dataloader(self):
+        return tensor_loader(self, self.datasets["test"], False)

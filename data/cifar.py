@@ -17,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
 from color.palette import check_palette, load_palette, nearest_colour
-from data.batching import TensorBatches, accelerator_device, distributed_info, keep_batch, make_sampler
+from data.batching import TensorBatches, accelerator_device, tensor_loader
 from data.download import (DownloadFailed, cache_folder, calculate_md5, extract, fetch, move_aside, prepare_once,
                            write_root)
-from data.sampling import loader_generator
 from errors import DataError
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -147,7 +145,8 @@ def ensure_cifar(data_dir: str | Path, download: bool = True, url: str = CIFAR_U
     cache = cache_dir(data_dir)
     archives = (data_dir / CIFAR_ARCHIVE, cache / CIFAR_ARCHIVE)
     no_data = DataError(f"no CIFAR-10 data in {data_dir} and downloading is off; download {CIFAR_ARCHIVE} "
-                        f"from {url} and put it (or its extracted {CIFAR_FOLDER}/ folder) there")
+                        f"from {url} and put it (or its extracted {CIFAR_FOLDER}/ folder) there, or point "
+                        f"--data-dir at a folder that holds it")
     if not download and not any(p.is_file() for p in archives):
         raise no_data
     out_dir = write_root(data_dir, cache, CIFAR_ARCHIVE)
@@ -161,7 +160,8 @@ def ensure_cifar(data_dir: str | Path, download: bool = True, url: str = CIFAR_U
                 archive = fetch(url, out_dir / CIFAR_ARCHIVE)
             except DownloadFailed as e:
                 raise DataError(f"{e}. Download {CIFAR_ARCHIVE} from {url} by hand and put it (or its extracted "
-                                f"{CIFAR_FOLDER}/ folder) in {data_dir}, or pass --data-dir") from e
+                                f"{CIFAR_FOLDER}/ folder) in {data_dir}, or point --data-dir at a folder "
+                                f"that holds a local copy") from e
         _check_md5(archive, md5, url)
         hint = f"delete it and download {CIFAR_ARCHIVE} again from {url}"
         return extract(archive, out_dir, CIFAR_FOLDER, _complete, hint).resolve()
@@ -217,39 +217,31 @@ def _checksum(tensors) -> str:
 
 
 class CIFARHorses(pl.LightningDataModule):
-    """CIFAR-10 horses as (grey image, palette class map) pairs, all held in memory.
+    """CIFAR-10 horses held in memory: train = the horses (label 7) of data_batch_1..5 (5000), val = those
+    of test_batch (1000). Items: grey float32 (1, 32, 32), the mean of R, G, B in [0, 1]; target int64
+    (32, 32), each pixel's nearest palette colour; validation items also carry the true RGB (3, 32, 32),
+    which the colour-quality metrics compare with.
 
-    Train: the horses (label 7) of data_batch_1..5 (5000 in CIFAR-10); val: those of test_batch
-    (1000). Input `grey` is float32 (N, 1, 32, 32): the mean of R, G, B scaled to [0, 1]. Target
-    is int64 (N, 32, 32): the index of each pixel's nearest palette colour.
-
-    palette: None (the shipped default), a path to a .npy file, or a (K, 3) tensor in [0, 1].
-    Loaders serve each batch with one gather (data/batching.py); on a CUDA Trainer the tensors are
-    copied to the GPU once (`on_device`, 60 MB) and batches are gathered there. Under DDP each rank
-    trains on its shard (shuffled with `seed` + epoch) and validates on a disjoint one.
+    palette: None (the shipped default), a .npy path, or a (K, 3) tensor in [0, 1]. On a CUDA Trainer
+    the tensors are copied to the GPU once and batches are gathered there. Under DDP each rank trains
+    on its shard (shuffled with `seed` + epoch) and validates on a disjoint one (data/batching.py).
     """
 
     def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
-                 url=CIFAR_URL, md5=CIFAR_MD5, pin_memory=False, seed=0, on_device=True):
+                 url=CIFAR_URL, md5=CIFAR_MD5, seed=0, on_device=True):
         super().__init__()
-        # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does
-        # (data/download.py): Lightning calls it on local rank 0 of every node; setup() finds the files
-        # on any rank, and extracts them itself (under the same lock) when no prepare_data ran.
+        # prepare_data writes to data_dir (or its cache) on this machine, under a lock (data/download.py)
         self.prepare_data_per_node = True
         self.data_dir = Path(data_dir).expanduser()
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        # the train order of epoch e depends on (seed, e) only: data/sampling.py
-        self.seed, self.on_device = seed, on_device
+        self.batch_size, self.num_workers, self.seed, self.on_device = batch_size, num_workers, seed, on_device
         self.download, self.url, self.md5 = download, url, md5
-        # Loaded now so that models can be built from num_colours before setup().
+        # Loaded now, so that models can be built from num_colours before setup().
         if palette is None or isinstance(palette, (str, Path)):
-            self.palette_source = str(palette or "default")
-            self.palette = load_palette(palette)
+            self.palette_source, self.palette = str(palette or "default"), load_palette(palette)
         else:
-            self.palette_source = "tensor"
-            self.palette = check_palette(palette, "tensor")
+            self.palette_source, self.palette = "tensor", check_palette(palette, "tensor")
         self.num_colours = len(self.palette)
-        self.train_set = self.val_set = self.val_rgb = self.source = None
+        self.train_set = self.val_set = self.source = None
 
     def prepare_data(self):
         """Find, or extract / download, the batch folder (one process at a time; the others wait)."""
@@ -263,24 +255,17 @@ class CIFARHorses(pl.LightningDataModule):
         mismatched = md5_mismatches(folder)
         _warn_unofficial(folder, mismatched)
         train_grey, train_target, _ = horses(folder, TRAIN_BATCHES, self.palette)
-        val_grey, val_target, self.val_rgb = horses(folder, TEST_BATCHES, self.palette)
         self.train_set = TensorBatches(train_grey, train_target)
-        self.val_set = TensorBatches(val_grey, val_target)
+        self.val_set = TensorBatches(*horses(folder, TEST_BATCHES, self.palette))
         self.source = {"folder": str(folder), "official_md5": not mismatched, "md5_mismatches": mismatched,
-                       "train": len(train_grey), "val": len(val_grey), "palette": self.palette_source,
+                       "train": len(train_grey), "val": len(self.val_set), "palette": self.palette_source,
                        "num_colours": self.num_colours, "checksum": self.data_checksum()}
 
     def _loader(self, dataset, train):
         device = accelerator_device(self) if self.on_device else None
         if device is not None:  # gathered on the GPU: no copy of the data per step, no workers
-            dataset = dataset.to(device)
-        workers = 0 if device is not None else self.num_workers
-        rank, world_size = distributed_info(self)
-        return DataLoader(dataset, batch_size=self.batch_size, drop_last=False,
-                          sampler=make_sampler(dataset, train, rank, world_size, self.seed), collate_fn=keep_batch,
-                          generator=loader_generator(self.seed),
-                          num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=self.pin_memory and device is None)
+            return tensor_loader(self, dataset.to(device), train)
+        return tensor_loader(self, dataset, train, self.num_workers)
 
     def train_dataloader(self):
         self.setup()
@@ -293,10 +278,14 @@ class CIFARHorses(pl.LightningDataModule):
     def sample_batch(self, n=8):
         """(grey, target, rgb) of the first `n` validation images: the same every epoch."""
         self.setup()
-        grey, target = self.val_set.tensors
-        return grey[:n], target[:n], self.val_rgb[:n]
+        return tuple(t[:n] for t in self.val_set.tensors)
 
     def data_checksum(self) -> str:
         """Short sha256 of the train and val grey + target tensors, for reproducibility records."""
         self.setup()
-        return _checksum([*self.train_set.tensors, *self.val_set.tensors])
+        return _checksum([*self.train_set.tensors, *self.val_set.tensors[:2]])
+
+    def settings(self) -> dict:
+        """What of the data decides a run's numbers: the tensors read and the palette."""
+        palette = hashlib.sha256(self.palette.float().numpy().tobytes()).hexdigest()[:16]
+        return {"checksum": self.data_checksum(), "palette": palette}

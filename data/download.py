@@ -1,22 +1,14 @@
-"""Find, download, checksum and extract: the one helper both data sets (data/cifar.py,
-data/oxford17.py) use.
+"""Find, download, checksum and extract: the one helper both data sets (data/cifar.py, data/oxford17.py) use.
 
-Rules, in one place:
-- Where files are looked for: `data_dir`, then its cache folder.
-- Where files are written: `data_dir` when it is writable, else its cache folder
-  `cache_folder(dataset, data_dir)` = `$XDG_CACHE_HOME` (or `~/.cache`) `/image2image/<dataset>/
-  <data_dir name>-<hash of its absolute path>`: a writable cache of its own for each read-only data
-  folder, never next to the data. `is_writable` really creates and deletes a file (`os.access` says
-  yes to root on a read-only mount).
-- One process at a time: `prepare_once` holds an exclusive `flock` on a lock file in the folder it
-  writes to around find-or-download-and-extract; the first process does the work, the others block
-  and then find it done. So it is safe whoever calls it: Lightning's `prepare_data` (once per node:
-  `prepare_data_per_node = True`, since the files go to this machine's data folder or cache), every
-  rank started by torchrun / SLURM calling it by hand, or two runs at once on one machine. (Nodes
-  sharing a data folder over NFS are serialised too where the NFS client supports locks.)
-- Downloads go to `<name>.part`, renamed to `<name>` only when complete (`fetch`); an archive is
-  extracted into a temporary folder next to its target and moved in only when complete
-  (`extract`): a failure never leaves a file that looks finished.
+- Files are looked for in `data_dir`, then in its cache folder; they are written to `data_dir` when
+  it is writable, else to `cache_folder(dataset, data_dir)` = `$XDG_CACHE_HOME` (or `~/.cache`)
+  `/image2image/<dataset>/<data_dir name>-<hash of its absolute path>`: never next to the data.
+- One process at a time: `prepare_once` holds an exclusive `flock` in the folder it writes to around
+  find-or-download-and-extract; the others block, then find it done (Lightning's `prepare_data` once
+  per node, torchrun / SLURM ranks, or two runs on one machine).
+- Nothing half-done is left: downloads go to `<name>.part` and are renamed when complete, archives
+  are extracted into a temporary folder and moved in when complete, and folders made for a download
+  that then failed are removed again (a mistyped `--data-dir` leaves no empty folder behind).
 - Checksums: `calculate_md5` (torchvision); `move_aside` renames a bad file to `<name>.bad-md5`.
 """
 
@@ -36,15 +28,17 @@ import urllib.parse
 import urllib.request
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
 from errors import DataError
+from files import is_writable
 
 T = TypeVar("T")
-__all__ = ["DownloadFailed", "cache_base", "cache_folder", "calculate_md5", "extract", "fetch", "is_writable",
+__all__ = ["DownloadFailed", "cache_base", "cache_folder", "calculate_md5", "extract", "fetch", "folder_for_writing",
            "move_aside", "prepare_once", "write_root"]
 
 
@@ -65,20 +59,6 @@ def cache_folder(dataset: str, data_dir: str | Path, base: str | Path | None = N
     return root / f"{data_dir.name or 'root'}-{key}"
 
 
-def is_writable(folder: str | Path) -> bool:
-    """Whether files can be written in `folder` (created, with its parents, if missing): really
-    creates and deletes a file, since `os.access` says yes to root even on a read-only mount."""
-    folder = Path(folder).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
-        return True
-    except OSError:
-        return False
-
-
 def write_root(data_dir: Path, cache: Path, what: str) -> Path:
     """`data_dir` when writable, else `cache` (with a warning); a DataError when neither is."""
     if is_writable(data_dir):
@@ -92,6 +72,26 @@ def write_root(data_dir: Path, cache: Path, what: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- one process at a time
+
+@contextlib.contextmanager
+def folder_for_writing(folder: Path):
+    """Create `folder` (and missing parents) for the block; if the block fails, remove again the folders
+    it created that are still empty, so a failed download leaves no empty `datasets/` behind."""
+    folder = Path(folder)
+    made = []
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            break
+        made.append(parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for path in made:  # innermost first
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only succeeds when empty
+        raise
+
 
 @contextlib.contextmanager
 def exclusive(folder: Path, name: str):
@@ -128,7 +128,7 @@ def prepare_once(root: Path, name: str, find: Callable[[], T | None], make: Call
     found = find()
     if found is not None:
         return found
-    with exclusive(root, name):
+    with folder_for_writing(root), exclusive(root, name):
         found = find()
         return found if found is not None else make()
 

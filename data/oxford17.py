@@ -5,24 +5,21 @@ Sources (VGG Oxford, https://www.robots.ox.ac.uk/~vgg/data/flowers/17/): `17flow
 (trimaps/image_XXXX.png for 848 of the images) and `datasplits.mat` (trn1..3 / val1..3 / tst1..3,
 1-based image numbers). Only images that have a trimap are used.
 
-Masks: trimap colour (128, 0, 0) = flower (1); (0, 0, 0) = the unlabelled band = ignore (255), or
-background with unlabelled="background"; every other colour = background (0).
+Masks: trimap colour (128, 0, 0) = flower (1); (0, 0, 0) = the unlabelled band = IGNORE_INDEX (255),
+or background with unlabelled="background"; every other colour = background (0).
+
+Preprocessing, the same for training and `--predict` (`preprocess`, `normalise`): 8-bit RGB resized
+bilinearly to image_size x image_size (masks with nearest neighbour), scaled to [0, 1] and normalised
+with the weights' mean and std.
 
 Files (`prepare_data`, through data/download.py): existing jpg/ and trimaps/ folders in `data_dir`
 (or its cache folder) are used as they are; otherwise the archives there are extracted, or
-downloaded first when `download=True`. When `data_dir` is not writable, extraction and downloads
-go to its cache folder (`data.download.cache_folder`). One process at a time extracts / downloads
-(a file lock); the others wait and then find the files. md5 rule: a DOWNLOADED file with a known
-md5 that does not match is moved aside to `<name>.bad-md5` and is a DataError; a file the user put
-in `data_dir` is used as given (its md5 result is recorded, with a warning on a mismatch), since the
-md5s known here could not be checked against the release. A missing datasplits.mat is not an
-error: setup falls back to a split generated from the data and `split` alone (stratified by class,
-50/25/25; `--seed` plays no part). What was found, downloaded, md5-checked and extracted is
-recorded in `self.source`; the split's source and hash in `split_info`.
-
-Every image and mask is decoded and resized once in `setup` and kept as uint8 tensors in memory;
-the datasets only normalise (and optionally flip), a whole batch at a time. `cache_features` can further replace
-the train / val images by the frozen trunk's features (see its docstring).
+downloaded first when `download=True`. md5 rule: a DOWNLOADED file with a known md5 that does not
+match is moved aside to `<name>.bad-md5` and is a DataError; a file the user put in `data_dir` is
+used as given (its md5 result is recorded, with a warning on a mismatch). Split k comes from
+datasplits.mat when it is there, else it is generated from the data and k alone (stratified by
+class, 50/25/25; `--seed` plays no part); one line says which. What was found, downloaded,
+md5-checked and extracted is recorded in `self.source`; the split's source and hash in `split_info`.
 """
 
 import hashlib
@@ -37,14 +34,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
+from pytorch_lightning.utilities import rank_zero_only
+from torch.utils.data import Dataset
 
-from data.batching import distributed_info, keep_batch, make_sampler
-from data.download import (DownloadFailed, cache_folder, calculate_md5, exclusive, extract, fetch, move_aside,
-                           write_root)
-from data.feature_store import array_digest, identity_key
-from data.sampling import loader_generator
+from data.batching import tensor_loader
+from data.download import (DownloadFailed, cache_folder, calculate_md5, exclusive, extract, fetch, folder_for_writing,
+                           move_aside, write_root)
 from errors import DataError, UsageError
 
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/"
@@ -59,7 +54,7 @@ MD5 = {
 }
 IMAGES_PER_CLASS = 80
 NUM_CLASSES = 17
-FLOWER, BACKGROUND, IGNORE_INDEX = 1, 0, 255
+FLOWER, BACKGROUND, IGNORE_INDEX = 1, 0, 255  # IGNORE_INDEX: left out by the losses and the metric
 FLOWER_RGB = (128, 0, 0)
 UNLABELLED_RGB = (0, 0, 0)
 UNLABELLED_CHOICES = ("ignore", "background")
@@ -148,12 +143,25 @@ def _count(folder: Path, pattern: str) -> int:
     return sum(1 for _ in folder.glob(pattern)) if folder.is_dir() else 0
 
 
-def _decode_pair(jpg: Path, png: Path, size: int, unlabelled: str) -> tuple[np.ndarray, np.ndarray]:
-    """Image resized bilinearly (PIL antialiases when shrinking), mask resized NEAREST, both
-    size x size; an unreadable file is a DataError naming it."""
+def preprocess(rgb8: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 RGB (H, W, 3) -> uint8 (3, size, size): resized bilinearly (Pillow antialiases when
+    shrinking). Training images and the images given to `--predict` both go through here."""
+    resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb8)).resize((size, size), Image.BILINEAR))
+    return torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous()
+
+
+def normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (..., 3, S, S) -> float, scaled to [0, 1] and normalised, on the images' device."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
+    return (images_uint8.float() / 255 - mean) / std
+
+
+def _decode_pair(jpg: Path, png: Path, size: int, unlabelled: str) -> tuple[torch.Tensor, np.ndarray]:
+    """`preprocess`ed image and mask resized NEAREST, both size x size; an unreadable file is a DataError."""
     try:
         with Image.open(jpg) as im:
-            image = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+            image = preprocess(np.asarray(im.convert("RGB")), size)
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read image {jpg} ({err}); "
                         f"replace it with the file from {URL}{IMAGES_ARCHIVE}") from err
@@ -172,17 +180,13 @@ class Oxford17Pairs(Dataset):
     tensors; `flip=True` flips image and mask together with probability 0.5."""
 
     def __init__(self, images: torch.Tensor, masks: torch.Tensor, mean, std, flip: bool = False):
-        self.images, self.masks, self.flip = images, masks, flip
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.images, self.masks, self.flip, self.mean, self.std = images, masks, flip, mean, std
 
     def __len__(self) -> int:
         return len(self.images)
 
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., 3, S, S) -> float normalised, on the images' device."""
-        mean, std = self.mean.to(images_uint8.device), self.std.to(images_uint8.device)
-        return (images_uint8.float() / 255 - mean) / std
+        return normalise(images_uint8, self.mean, self.std)
 
     def __getitem__(self, i):
         image, mask = self.normalise(self.images[i]), self.masks[i].long()
@@ -200,25 +204,10 @@ class Oxford17Pairs(Dataset):
         return images, masks
 
 
-class FeatureDataset(TensorDataset):
-    """Cached trunk features and their masks: items (features (256,h,w) in the cache dtype,
-    mask long (S,S)); masks are stored as uint8 and widened per item."""
-
-    def __getitem__(self, i):
-        features, mask = self.tensors
-        return features[i], mask[i].long()
-
-    def __getitems__(self, indices):
-        """A whole batch at once: stacking items and widening masks one by one took 60 % of a
-        cached epoch (features gathered in one step, masks widened once per batch)."""
-        features, masks = self.tensors
-        index = torch.as_tensor(indices, dtype=torch.long, device=features.device)
-        return features[index], masks[index].long()
-
-
 class Oxford17(pl.LightningDataModule):
     """Oxford 17 flowers with trimaps: binary flower (1) / background (0) / ignore (255) masks.
 
+    mean / std: the normalisation the network expects (the default leaves images in [0, 1]).
     Extra arguments beyond the basics: `augment` (random horizontal flip of train items),
     `cache_dir` (where archives are extracted/downloaded when `data_dir` is not writable; default
     `data.download.cache_folder("oxford17", data_dir)`) and `checksums` (override of the md5 table,
@@ -233,13 +222,13 @@ class Oxford17(pl.LightningDataModule):
         data_dir="datasets/oxford17",
         split: int = 1,
         image_size: int = 224,
-        batch_size: int = 8,
+        batch_size: int = 16,
         num_workers: int = 0,
         unlabelled: str = "ignore",
         download: bool = True,
         seed: int = 0,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
         base_url: str = URL,
         augment: bool = False,
         cache_dir=None,
@@ -268,10 +257,6 @@ class Oxford17(pl.LightningDataModule):
         self.split_numbers: dict[str, list[int]] = {}
         self.train_set = self.val_set = self.test_set = None
         self._pairs: dict[str, Oxford17Pairs] = {}
-        self.feature_cache_bytes = 0
-        self.feature_cache_location: str | None = None
-        self.feature_store_info: dict | None = None
-        self._feature_identity: dict | None = None  # what produced the features now in train/val/test_set
 
     # ---------------------------------------------------------------- files
     def _url(self, name: str) -> str:
@@ -363,7 +348,7 @@ class Oxford17(pl.LightningDataModule):
         then find the files."""
         self._root = None
         if self._needs_writing():
-            with exclusive(self._write_root(), "oxford17"):
+            with folder_for_writing(self._write_root()), exclusive(self._write_root(), "oxford17"):
                 self._obtain_all()
         else:
             self._obtain_all()
@@ -394,22 +379,24 @@ class Oxford17(pl.LightningDataModule):
                             f"get it from {self._url(IMAGES_ARCHIVE)}")
         return numbers
 
-    def _make_split(self, numbers: list[int]) -> dict[str, list[int]]:
-        k = self.split
+    def splits(self) -> dict[str, list[int]]:
+        """{"train", "val", "test": sorted image numbers} of split k, from the file names alone (no image
+        is decoded); sets `split_source`. An overlap between the lists is an error, never a guess."""
+        if self.jpg_dir is None:
+            self.prepare_data()
+        numbers, k = self._pair_numbers(), self.split
         if self.splits_path is not None:
             splits = load_datasplits(self.splits_path, k, numbers)
-            self.split_source = f"{SPLITS_FILE} trn{k}/val{k}/tst{k}"
+            self.split_source = f"official: {SPLITS_FILE} trn{k}/val{k}/tst{k}"
         else:  # from the data and --split only: a seed study keeps its val and test sets
-            splits = generated_split(numbers, k)
-            self.split_source = f"generated: stratified by class 50/25/25, split {k} (rng seed {k})"
             why = self.source.get(SPLITS_FILE, {}).get("missing", "not found")
-            warnings.warn(f"Oxford17: {SPLITS_FILE} unavailable ({why}); using a {self.split_source} split",
-                          stacklevel=3)
+            splits = generated_split(numbers, k)
+            self.split_source = f"generated ({SPLITS_FILE} {why}): stratified by class 50/25/25, rng seed {k}"
         sets = [set(splits[name]) for name in SPLIT_NAMES]
         assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2]), "Oxford17 splits overlap"
         if not splits["train"]:
-            raise DataError(f"the Oxford17 train split is empty "
-                            f"({self.split_source}, {len(numbers)} images with trimaps)")
+            raise DataError(f"the Oxford17 train split is empty ({self.split_source}, {len(numbers)} images "
+                            f"with trimaps)")
         return splits
 
     def _decode(self, numbers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -418,19 +405,14 @@ class Oxford17(pl.LightningDataModule):
         size = self.image_size
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             pairs = list(pool.map(lambda job: _decode_pair(*job, size, self.unlabelled), jobs))
-        images = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).contiguous()
-        masks = torch.from_numpy(np.stack([p[1] for p in pairs]))
-        return images, masks
+        return torch.stack([p[0] for p in pairs]), torch.from_numpy(np.stack([p[1] for p in pairs]))
 
     def setup(self, stage: str | None = None) -> None:
         """Split, decode and build the datasets (once; later calls do nothing)."""
         if self._pairs:
             return
-        if self.jpg_dir is None:
-            self.prepare_data()
-        splits = self._make_split(self._pair_numbers())
-        order = [n for name in SPLIT_NAMES for n in splits[name]]
-        images, masks = self._decode(order)
+        splits = self.splits()
+        images, masks = self._decode([n for name in SPLIT_NAMES for n in splits[name]])
         start = 0
         for name in SPLIT_NAMES:
             stop = start + len(splits[name])
@@ -439,6 +421,8 @@ class Oxford17(pl.LightningDataModule):
             start = stop
         self.split_numbers = splits
         self.train_set, self.val_set, self.test_set = (self._pairs[n] for n in SPLIT_NAMES)
+        counts = " / ".join(f"{len(splits[n])} {n}" for n in SPLIT_NAMES)
+        _announce(f"Oxford17 split {self.split}: {self.split_source}; {counts} images")
 
     @property
     def split_info(self) -> dict:
@@ -455,29 +439,29 @@ class Oxford17(pl.LightningDataModule):
                 digest.update(t.contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
 
+    def settings(self) -> dict:
+        """What of the data decides a run's numbers: the images and masks read (as resized, with the
+        unlabelled rule applied, in split order), the split, the image size, the band and the flips."""
+        return {"checksum": self.data_checksum(), "split": {"k": self.split, **self.split_info},
+                "image_size": self.image_size, "unlabelled": self.unlabelled, "augment": self.augment}
+
     # ---------------------------------------------------------------- loaders
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        # cached features are plain tensor indexing: worker processes would only add IPC cost
-        cached = isinstance(dataset, FeatureDataset)
-        on_cuda = cached and dataset.tensors[0].is_cuda
-        workers = 0 if cached else self.num_workers
-        # under DDP: shuffled shards for training, disjoint unpadded ones for exact evaluation
-        sampler = make_sampler(dataset, shuffle, *distributed_info(self), seed=self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, generator=loader_generator(self.seed),
-                          num_workers=workers, collate_fn=keep_batch,
-                          pin_memory=torch.cuda.is_available() and not on_cuda, persistent_workers=workers > 0)
+    def train_dataloader(self):
+        return tensor_loader(self, self.train_set, True, self.num_workers, pin_memory=torch.cuda.is_available())
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    def val_dataloader(self):
+        return tensor_loader(self, self.val_set, False, self.num_workers, pin_memory=torch.cuda.is_available())
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def test_dataloader(self):
+        return tensor_loader(self, self.test_set, False, self.num_workers, pin_memory=torch.cuda.is_available())
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+    def images(self, name: str) -> torch.Tensor:
+        """uint8 images (N, 3, S, S) of split `name` ("train", "val" or "test"), as decoded."""
+        self.setup()
+        return self._pairs[name].images
 
     def split_masks(self, name: str) -> torch.Tensor:
-        """uint8 masks (N, S, S) of split `name` ("train", "val" or "test"), as decoded."""
+        """uint8 masks (N, S, S) of split `name`, as decoded."""
         self.setup()
         return self._pairs[name].masks
 
@@ -499,159 +483,7 @@ class Oxford17(pl.LightningDataModule):
             rank += 1
         return out
 
-    def val_samples(self, n: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """n validation items of several flower classes (`val_sample_indices`; always the same, never
-        flipped): (images uint8 (n,3,S,S), masks long (n,S,S), normalised float images (n,3,S,S))."""
-        self.setup()
-        pairs = self._pairs["val"]
-        index = torch.as_tensor(self.val_sample_indices(n), dtype=torch.long)
-        images = pairs.images[index]
-        return images.clone(), pairs.masks[index].long(), pairs.normalise(images)
 
-    # ---------------------------------------------------------------- feature cache
-    def _features_of(self, pairs: Oxford17Pairs, name: str, feature_fn, device, batch_size, out=None,
-                     dtype=torch.float32, store=torch.device("cpu")):
-        """feature_fn over every image of `pairs`, batch by batch, written into `out` (a NumPy
-        memory map of the store) or into a new tensor in `dtype` on `store`."""
-        pin = store.type == "cpu" and device.type == "cuda" and out is None
-        for start in tqdm(range(0, len(pairs), batch_size), desc=f"Oxford17: {name} features", unit="batch"):
-            x = pairs.normalise(pairs.images[start : start + batch_size].to(device))
-            with torch.no_grad():
-                f = feature_fn(x)
-            if out is None:  # allocate once: no 2x peak from torch.cat
-                out = torch.empty((len(pairs), *f.shape[1:]), dtype=dtype, device=store, pin_memory=pin)
-            if isinstance(out, np.ndarray):
-                out[start : start + len(f)] = f.to(torch.float32 if out.dtype == np.float32 else torch.float16).cpu().numpy()
-            else:
-                out[start : start + len(f)] = f.to(dtype)
-        if out is None:
-            raise DataError(f"the Oxford17 {name} split is empty: nothing to cache")
-        return out
-
-    def feature_identity(self, identity: dict, dtype, splits) -> dict:
-        """Everything that determines the stored features: the trunk's `identity` (backbone, weights,
-        precision), the image size, normalisation, dtype and the images (content and order) per split."""
-        return {"trunk": identity, "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "dtype": str(dtype).replace("torch.", ""),
-                "images": {name: array_digest(self._pairs[name].images) for name in splits}}
-
-    def cache_features(self, feature_fn, device, batch_size: int = 16, dtype=torch.float32,
-                       keep_on_device: bool = False, identity: dict | None = None, store=None,
-                       writer: bool = True, barrier=None, feature_shape=None) -> bool:
-        """Replace the splits' images by the frozen trunk's features (FeatureDatasets of (features, masks)).
-
-        `feature_fn` (images -> features, e.g. FineTunedDeepLabV3.features) must be deterministic
-        (frozen, eval mode); `identity` says what it is (backbone, weights, precision). Features are
-        kept only for the `identity` they were made with: a later call with another identity (or
-        with identity None) computes them again, never serving another function's features.
-
-        store=None: train and val are computed in memory (CPU, pinned when `device` is CUDA, or on
-        `device` with keep_on_device=True); the test set keeps its images (full network).
-        store=FeatureStore: train, val AND test are read from the store when it holds this exact
-        identity (memory-mapped; no trunk forward at all), else computed once and written there.
-        Under DDP pass writer=True on one process per machine and the strategy's `barrier`: the
-        writer reads or builds the entry, then every process reads it. feature_shape: (C, h, w) of
-        feature_fn's output when known (saves a probe forward pass when the store is complete).
-
-        Sets `feature_store_info` (location, bytes, reused, key) and `feature_cache_bytes` /
-        `feature_cache_location`. Returns False (and does nothing) when augment is on, since flipped
-        inputs have other features; True otherwise.
-
-        dtype defaults to float32, so that head(cached) equals the full forward pass. float16 halves
-        the memory; it rounds features to the 10-bit mantissa that TF32 convolutions (PyTorch's CUDA
-        default) use anyway, so on a GPU the logits matched the full model to 1e-7, but against a
-        float32 CPU forward they moved by up to 2.6e-3 (224 px, head weights of std 0.1)."""
-        if self.augment:
-            return False
-        self.setup()
-        splits = SPLIT_NAMES if store is not None else ("train", "val")
-        full_identity = None if identity is None else {**self.feature_identity(identity, dtype, splits),
-                                                       "splits": list(splits)}
-        if full_identity is not None and full_identity == self._feature_identity:
-            return True  # these very features are already in place
-        device = torch.device(device)
-        if store is None:
-            self._cache_in_memory(feature_fn, device, batch_size, dtype, keep_on_device)
-        else:
-            self._cache_in_store(feature_fn, device, batch_size, dtype, full_identity, store, writer, barrier,
-                                 feature_shape)
-        self._feature_identity = full_identity
-        return True
-
-    def _cache_in_memory(self, feature_fn, device, batch_size, dtype, keep_on_device):
-        store = device if keep_on_device else torch.device("cpu")
-        total = 0
-        self.test_set = self._pairs["test"]
-        for name in ("train", "val"):
-            pairs = self._pairs[name]
-            features = self._features_of(pairs, name, feature_fn, device, batch_size, dtype=dtype, store=store)
-            total += features.nbytes
-            setattr(self, f"{name}_set", FeatureDataset(features, pairs.masks.to(store)))
-        self.feature_cache_bytes = total
-        pinned = " (pinned)" if store.type == "cpu" and device.type == "cuda" else ""
-        self.feature_cache_location = f"memory, {str(dtype).replace('torch.', '')}, device {store}{pinned}"
-        self.feature_store_info = {"location": "memory", "bytes": total, "reused": False, "key": None,
-                                   "splits": ["train", "val"]}
-
-    def _cache_in_store(self, feature_fn, device, batch_size, dtype, identity, store, writer, barrier, feature_shape):
-        if identity is None:
-            raise UsageError("a persistent feature store needs the identity of the feature function")
-        np_dtype = str(dtype).replace("torch.", "")
-        if np_dtype not in ("float32", "float16"):
-            raise UsageError(f"the feature store keeps float32 or float16 features, not {np_dtype}")
-        key = identity_key(identity)
-        if feature_shape is None:  # one image through the trunk tells the feature shape
-            with torch.no_grad():
-                probe = self._pairs["train"].normalise(self._pairs["train"].images[:1].to(device))
-                feature_shape = tuple(feature_fn(probe).shape[1:])
-        expected = {name: ((len(self._pairs[name]), *feature_shape), np_dtype) for name in SPLIT_NAMES}
-        arrays, reused = None, True
-        if writer:
-            arrays = store.open(key, expected)
-            if arrays is None:
-                reused = False
-                entry = store.create(key, identity, {n: shape for n, (shape, _) in expected.items()}, np_dtype)
-                try:
-                    for name in SPLIT_NAMES:
-                        self._features_of(self._pairs[name], name, feature_fn, device, batch_size, out=entry.arrays[name])
-                except BaseException:
-                    entry.abort()
-                    raise
-                entry.commit()  # False: a concurrent run committed the same entry first; read that one
-                arrays = store.open(key, expected)
-        if barrier is not None:
-            barrier()
-        if arrays is None:
-            arrays = store.open(key, expected, repair=False)
-            if arrays is None:
-                raise DataError(f"the feature store entry {store.entry(key)} is missing or broken after it was "
-                                f"built; delete it, or use --no-feature-cache")
-        for name in SPLIT_NAMES:
-            features = torch.from_numpy(arrays[name])  # memory-mapped: pages are read as batches need them
-            setattr(self, f"{name}_set", FeatureDataset(features, self._pairs[name].masks))
-        total = store.nbytes(key)
-        self.feature_cache_bytes = total
-        self.feature_cache_location = f"store {store.entry(key)}, {np_dtype}, memory-mapped"
-        self.feature_store_info = {"location": str(store.entry(key)), "bytes": total, "reused": reused, "key": key,
-                                   "splits": list(SPLIT_NAMES)}
-        if writer:
-            print(f"feature store: {'reused' if reused else 'built'} {store.entry(key)} "
-                  f"({total / 2**20:.1f} MiB, train/val/test, {np_dtype})", flush=True)
-
-    # ---------------------------------------------------------------- summary
-    def data_summary(self) -> dict:
-        """Counts per split, split source, file verification notes and feature-cache facts
-        (JSON-serialisable, for summary.json)."""
-        return {
-            "dataset": "oxford17",
-            "data_dir": str(self.data_dir),
-            "image_size": self.image_size,
-            "unlabelled": self.unlabelled,
-            "counts": {name: len(v) for name, v in self.split_numbers.items()},
-            "split_source": self.split_source,
-            "source": self.source,
-            "augment": self.augment,
-            "feature_cache_bytes": self.feature_cache_bytes,
-            "feature_cache_location": self.feature_cache_location,
-            "feature_store": self.feature_store_info,
-        }
+@rank_zero_only
+def _announce(line: str) -> None:
+    print(line, flush=True)

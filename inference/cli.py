@@ -1,51 +1,48 @@
-"""The prediction flags both programs add, and the loop that keeps going when one image fails."""
+"""What `--predict` of both programs shares: its flags, the inputs (files, folders, globs), and the loop
+that keeps going when one image fails.
+
+Inputs: a file is used as given; a folder is searched recursively for image files (by extension, hidden
+files and folders left out); a glob pattern (`photos/*.jpg`, `photos/**/*.png`) is expanded, and what it
+matches is used as given. Outputs keep each input's path relative
+to the folder (or the glob's fixed part) it was found under, and its name; files given one by one
+are written at the output folder's top. An input that matches nothing, and an image that cannot be
+read, are each one `error:` line (named, with the reason); the others are still written, and the exit
+code is 1 when any failed. With many images a progress bar replaces the per-image lines.
+"""
+import dataclasses
+import glob
 import sys
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from color.decode import DECODINGS, DEFAULT_TEMPERATURE
-from training.cli import positive_float
 from errors import UsageError, UserError
+from training.config import Config, option
 
-PREDICT_ONLY = ("checkpoint", "out", "decode", "temperature")
-
-
-def add_predict_args(parser, task):
-    """--predict IMAGE..., --checkpoint, --out (and --decode, --temperature for colorization)."""
-    g = parser.add_argument_group(
-        "use a trained model on your own images (no training; the model and its preprocessing come from the checkpoint)")
-    g.add_argument("--predict", nargs="+", metavar="IMAGE",
-                   help="image files of any size and mode (RGB, RGBA, greyscale, 16-bit, palette)")
-    g.add_argument("--checkpoint", default=None, metavar="best|last|PATH",
-                   help="best or last checkpoint of the newest finished run in --results-dir / --logs-dir"
-                        + (" (of MODEL, when given)" if task == "colorization" else "")
-                        + ", or a .ckpt file (default: best)")
-    g.add_argument("--out", default=None, metavar="DIR",
-                   help=f"output folder (default: a new folder under RESULTS_DIR/{task}/predict/)")
-    if task == "colorization":
-        g.add_argument("--decode", choices=DECODINGS, default=None,
-                       help="argmax: the most likely palette colour (the homework's; default); annealed: the "
-                            "annealed mean of Zhang et al. 2016, smoother and more vivid")
-        g.add_argument("--temperature", type=positive_float, default=None,
-                       help=f"temperature of --decode annealed (default {DEFAULT_TEMPERATURE}, the paper's)")
-    return parser
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+BAR_FROM = 20  # this many images or more: a progress bar instead of a line per image
 
 
-def check_predict_args(parser, args):
-    """Bad flag combinations exit 2 via argparse: prediction-only flags without --predict (e.g.
-    --checkpoint does not resume training), --temperature without --decode annealed."""
-    if args.predict:
-        if getattr(args, "temperature", None) is not None and getattr(args, "decode", None) != "annealed":
-            parser.error("--temperature only applies to --decode annealed")
-        return
-    given = [f"--{name}" for name in PREDICT_ONLY if getattr(args, name, None) is not None]
-    if given:
-        verb = "applies" if len(given) == 1 else "apply"
-        parser.error(f"{', '.join(given)} only {verb} together with --predict IMAGE ...")
+@dataclasses.dataclass(frozen=True)
+class PredictConfig(Config):
+    """The flags of `--predict` both programs have."""
+
+    predict: tuple[str, ...] = option((), "image files, folders (searched recursively) or glob patterns",
+                                      metavar="IMAGE", group="inputs and outputs", shown="none, give some")
+    checkpoint: str = option("best", "best or last: that checkpoint of the newest finished run in RESULTS_DIR / "
+                             "LOGS_DIR (or its model.pt), or a .ckpt / model.pt file", metavar="best|last|PATH",
+                             group="inputs and outputs")
+    out: str | None = option(None, "output folder", metavar="DIR", group="inputs and outputs",
+                             shown="a new folder RESULTS_DIR/<task>/predict/<name>-<date>-<time>")
+    results_dir: str = option("results", "where finished runs are found", group="files")
+    logs_dir: str = option("logs", "where their checkpoints are found", group="files")
+    accelerator: str = option("auto", "cpu, gpu, cuda, mps or auto (a GPU when there is one)", group="files")
+    debug: bool = option(False, "show the Python traceback of an error instead of one line", group="files")
 
 
 def pick_device(accelerator):
-    """torch device for --accelerator: auto picks CUDA when there is one, else the CPU."""
+    """The torch device for --accelerator: auto picks CUDA when there is one, else the CPU."""
     accelerator = (accelerator or "auto").lower()
     if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
@@ -58,23 +55,79 @@ def pick_device(accelerator):
     raise UsageError(f"--accelerator {accelerator} is not supported for prediction; use auto, cpu or gpu")
 
 
-def for_each_image(paths, process):
-    """Call `process(path)` for every path; a UserError is one `error:` line on stderr and the loop goes on.
+def expand_inputs(specs):
+    """([(image path, output stem relative to the output folder)], [(spec, why)] for specs matching nothing)."""
+    found, missing = [], []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            files = [p for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                     and not _hidden(p.relative_to(path))]
+            found += [(p, p.relative_to(path).with_suffix("")) for p in files]
+            if not files:
+                missing.append((spec, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {path}"))
+        elif path.exists() or not glob.has_magic(spec):
+            found.append((path, Path(path.stem)))  # a missing file is reported when it is read
+        else:
+            base = Path(*[part for part in Path(spec).parts if not glob.has_magic(part)][:_fixed(spec)])
+            matches = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
+            found += [(p, p.relative_to(base).with_suffix("")) for p in matches]
+            if not matches:
+                missing.append((spec, "the pattern matches no file"))
+    return found, missing
 
-    Returns (results of the images that worked, [(path, message)] of those that failed).
-    """
-    done, failed = [], []
-    for path in paths:
+
+def _hidden(relative):
+    """Whether a path found in a folder is hidden (a part starts with "."), as glob patterns skip them too:
+    the ._photo.jpg files macOS writes beside every photo on other disks are not images."""
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _fixed(pattern):
+    """How many leading parts of a glob pattern hold no wildcard."""
+    parts = Path(pattern).parts
+    return next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+
+
+class UniqueNames:
+    """Output stems: the input's own relative stem, with -2, -3, ... when two inputs share it."""
+
+    def __init__(self):
+        self.used = set()
+
+    def __call__(self, stem):
+        stem, i = Path(stem), 1
+        name = stem
+        while str(name) in self.used:
+            i += 1
+            name = stem.with_name(f"{stem.name}-{i}")
+        self.used.add(str(name))
+        return name
+
+
+def for_each_image(config, process):
+    """Call `process(path, output stem)` for every input image; a UserError is one `error:` line and the
+    loop goes on. Returns (results of the images that worked, [(input, message)] of those that failed,
+    how many inputs there were: images found plus specs that matched nothing)."""
+    inputs, missing = expand_inputs(config.predict)
+    for spec, why in missing:
+        print(f"error: {spec}: {why}", file=sys.stderr, flush=True)
+    failed = list(missing)
+    names, done = UniqueNames(), []
+    bar = tqdm(inputs, desc="images", unit="image", disable=len(inputs) < BAR_FROM, file=sys.stderr)
+    for path, stem in bar:
         try:
-            done.append(process(path))
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            failed.append((str(path), str(e)))
-    return done, failed
+            done.append(process(path, names(stem), bar.disable))
+        except (UserError, MemoryError, torch.OutOfMemoryError) as e:
+            why = str(e) if isinstance(e, UserError) else f"{path}: too large to process here ({type(e).__name__})"
+            (print if bar.disable else tqdm.write)(f"error: {why}", file=sys.stderr)
+            failed.append((str(path), why))
+    bar.close()
+    return done, failed, len(inputs) + len(missing)
 
 
 def raise_if_failed(failed, total, out):
     """After the loop: a UserError (exit code 1) when any image failed, saying where the others went."""
     if failed:
-        raise UserError(f"{len(failed)} of {total} images could not be processed (see above); "
+        raise UserError(f"{len(failed)} of {total} inputs could not be processed (see above); "
                         f"the other {total - len(failed)} were written to {out}")

@@ -1,4 +1,4 @@
-"""Where predictions go: a fresh folder per call, unique file names, atomic PNG writes, the figure."""
+"""Where predictions go: a fresh folder per call, atomic PNG writes, the side-by-side figure."""
 import io
 import time
 from pathlib import Path
@@ -8,51 +8,23 @@ import torch
 from PIL import Image
 
 from errors import UserError
-from training.files import atomic_save_figure, atomic_write_bytes
+from files import atomic_save_figure, atomic_write_bytes, claim_folder
 
 FIGURE_MAX_ROWS = 16  # more rows make an unreadably tall figure; every image still gets its own PNG
 FIGURE_MAX_SIDE = 512  # figure panels are shrunk to this; the PNGs keep the full size
 
 
 def output_folder(out, results_dir, task, prefix):
-    """`out` if given (created if missing; files of the same name in it are replaced), else a NEW
-    folder results/<task>/predict/<prefix>-<date>-<time>[-N], claimed with an exclusive mkdir so that
-    an earlier call's folder is never written into (the rule training/runs.py uses for runs)."""
-    if out is not None:
-        return _mkdir(Path(out), exist_ok=True)
-    root = _mkdir(Path(results_dir) / task / "predict", exist_ok=True)
-    base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for i in range(1, 1000):
-        candidate = root / (base if i == 1 else f"{base}-{i}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise UserError(f"no free output folder name for {base!r} in {root}; pass --out DIR")
-
-
-def _mkdir(folder, exist_ok):
+    """`out` if given (created if missing; files of the same name in it are replaced), else a NEW folder
+    RESULTS_DIR/<task>/predict/<prefix>-<date>-<time>[-N], claimed as run folders are (files.claim_folder)."""
     try:
-        folder.mkdir(parents=True, exist_ok=exist_ok)
+        if out is not None:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            return Path(out)
+        return claim_folder(Path(results_dir) / task / "predict", f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
     except OSError as e:
-        raise UserError(f"cannot create output folder {folder} ({e.strerror}); choose another with --out") from e
-    return folder
-
-
-class UniqueNames:
-    """File stems for the outputs: the input's own stem, with -2, -3, ... when two inputs share it."""
-
-    def __init__(self):
-        self.used = set()
-
-    def __call__(self, stem):
-        name, i = stem, 1
-        while name in self.used:
-            i += 1
-            name = f"{stem}-{i}"
-        self.used.add(name)
-        return name
+        raise UserError(f"cannot create the output folder ({e.strerror}: {e.filename}); "
+                        f"choose another with --out") from e
 
 
 def to_uint8(image):
@@ -62,7 +34,7 @@ def to_uint8(image):
 
 
 def save_png(array, path):
-    """Write a uint8 (H, W) or (H, W, 3) array as PNG, atomically."""
+    """Write a uint8 (H, W) or (H, W, 3) array as PNG, atomically (with the folders it needs)."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())

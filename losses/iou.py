@@ -5,9 +5,9 @@ channel 1) and Y = ground-truth flower mask (1 flower, 0 background):
 
     I = sum(X * Y),   U = sum(X + Y - X * Y),   L = 1 - (I + eps) / (U + eps)
 
-summed over the image's pixels whose target is not `ignore_index`; the loss is the mean of L over
-the images of the batch. `eps` (default 1e-6) is added to numerator and denominator only so that an
-image with no flower and no predicted flower (I = U = 0), or with every pixel ignored, gives
+summed over the image's pixels whose target is not `ignore_index` (None: every pixel counts); the
+loss is the mean of L over the images of the batch. `eps` (default 1e-6) is added to numerator and
+denominator only so that an image with no flower and no predicted flower (I = U = 0), or with every pixel ignored, gives
 L = 0 instead of NaN; for any other image it changes L by less than eps / U.
 """
 
@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = 255
 EPS = 1e-6
 
 
 def soft_iou_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX, eps: float = EPS
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None, eps: float = EPS
 ) -> torch.Tensor:
     """Mean over the batch of 1 - (I + eps) / (U + eps); see the module docstring.
 
@@ -32,7 +31,7 @@ def soft_iou_loss(
     if target.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
     x = F.softmax(logits, dim=1)[:, 1]
-    valid = (target != ignore_index).to(x.dtype)
+    valid = torch.ones_like(x) if ignore_index is None else (target != ignore_index).to(x.dtype)
     y = (target == 1).to(x.dtype)
     inter = (x * y * valid).sum(dim=(1, 2))
     union = ((x + y - x * y) * valid).sum(dim=(1, 2))
@@ -42,13 +41,17 @@ def soft_iou_loss(
 class SoftIoULoss(nn.Module):
     """Module form of `soft_iou_loss` (same arguments, stored at construction)."""
 
-    def __init__(self, ignore_index: int = IGNORE_INDEX, eps: float = EPS):
+    def __init__(self, ignore_index: int | None = None, eps: float = EPS):
         super().__init__()
         self.ignore_index = ignore_index
         self.eps = eps
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return soft_iou_loss(logits, target, self.ignore_index, self.eps)
+
+    def count(self, target: torch.Tensor) -> int:
+        """The loss is a mean over images: how many `target` holds (for exact epoch means)."""
+        return len(target)
 
     def extra_repr(self) -> str:
         return f"ignore_index={self.ignore_index}, eps={self.eps}"

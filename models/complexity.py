@@ -15,14 +15,14 @@ Run `python -m models.complexity --help`.
 """
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
 
-from models import MODELS, build_model
 from models.padding import padding_for
+from models.registry import MODELS, build_model
 
 
 @dataclass

@@ -2,7 +2,13 @@
 
 Only `classifier[4]` (the final 1x1 conv, 256 -> num_classes) is trained. Everything before it is
 frozen and kept in eval mode, so its output - `features(x)` - is a fixed function of the image;
-this is what lets the data module cache features once and train only `head`.
+this is what lets the features be computed once and only `head` be trained, and what lets a
+checkpoint hold the head alone plus the trunk's identity (`trunk_identity`, with the weights
+file's sha256) instead of 159 MB of frozen weights.
+
+The COCO weights are read with `torch.load(weights_only=True)` (through torchvision's weights enum,
+hash-checked when it downloads them): a file placed by hand in `$TORCH_HOME/hub/checkpoints` cannot
+run code when it is loaded.
 """
 
 import hashlib
@@ -18,9 +24,6 @@ from torchvision.models import segmentation as seg
 
 from errors import UsageError, UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 # backbone name -> (torchvision builder, weights enum member with COCO (VOC labels) weights)
 BACKBONES = {
     "resnet101": (seg.deeplabv3_resnet101, seg.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1),
@@ -30,28 +33,44 @@ BACKBONES = {
         seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
     ),
 }
+WEIGHTS = ("coco", "none")  # "none": a random frozen trunk, always the same one (RANDOM_TRUNK_SEED)
 FEATURE_CHANNELS = 256  # output channels of classifier[3] for every backbone above
-RANDOM_TRUNK_SEED = 0  # weights=None: the frozen trunk is always this random network (a stable identity)
+RANDOM_TRUNK_SEED = 0
 STANDIN_SUFFIX = ".standin"  # marker file next to a stand-in weights file (models/standin_weights.py)
 OUTPUT_STRIDE = {"resnet101": 8, "resnet50": 8, "mobilenet_v3_large": 16}
+STANDIN_HINT = ("or, offline, write a stand-in with `python -m models.standin_weights` (see README), "
+                "or use --weights none")
+
+
+def sha256_of_file(path, chunk=1 << 22):
+    """The hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_path(backbone):
+    """Where torchvision keeps (and looks for) the COCO weights of `backbone`."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(BACKBONES[backbone][1].url))
 
 
 class FineTunedDeepLabV3(nn.Module):
     """A torchvision DeepLabV3 whose only trainable part is `classifier[4]`.
 
-    Attributes: `model` (the torchvision DeepLabV3, aux_classifier None), `backbone_name`,
-    `pretrained` (bool), `mean` / `std` (input normalisation the weights expect), `output_stride`.
+    Attributes: `model` (the torchvision DeepLabV3, aux_classifier None), `backbone_name`, `weights`
+    ("coco" or "none"), `weights_file` (the file read, or None), `mean` / `std` (the input
+    normalisation the weights expect), `output_stride`.
     """
 
-    def __init__(self, model: nn.Module, backbone_name: str, pretrained: bool, mean, std, weights_file=None):
+    def __init__(self, model: nn.Module, backbone_name: str, weights: str, weights_file=None):
         super().__init__()
-        self.model = model
-        self.weights_file = weights_file  # the pretrained weights file read, or None
-        self.backbone_name = backbone_name
-        self.pretrained = pretrained
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.model, self.backbone_name, self.weights, self.weights_file = model, backbone_name, weights, weights_file
+        transform = BACKBONES[backbone_name][1].transforms()  # torchvision's constants; nothing is downloaded
+        self.mean, self.std = tuple(float(m) for m in transform.mean), tuple(float(s) for s in transform.std)
         self.output_stride = OUTPUT_STRIDE[backbone_name]
+        self._identity = None
 
     @property
     def last_layer(self) -> nn.Conv2d:
@@ -70,8 +89,7 @@ class FineTunedDeepLabV3(nn.Module):
 
     def head(self, features: torch.Tensor, size) -> torch.Tensor:
         """Logits (N, C, *size) from `features`: classifier[4], then bilinear upsampling exactly as
-        torchvision's DeepLabV3.forward does. Features of another dtype (e.g. an fp16 cache) are
-        cast to the layer's dtype first."""
+        torchvision's DeepLabV3.forward does."""
         conv = self.last_layer
         logits = conv(features.to(conv.weight.dtype))
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
@@ -96,88 +114,71 @@ class FineTunedDeepLabV3(nn.Module):
             side = -(-side // 2)
         return (FEATURE_CHANNELS, side, side)
 
-    def weights_identity(self) -> dict:
-        """What the frozen trunk's values come from: for pretrained weights the file's name, size and
-        sha256 (and whether it is a stand-in), for random ones the fixed seed."""
-        if self.weights_file is None:
-            return {"weights": "random", "seed": RANDOM_TRUNK_SEED}
-        path = self.weights_file
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-        return {"weights": "coco", "file": os.path.basename(path), "bytes": os.path.getsize(path),
-                "sha256": digest.hexdigest(), "standin": os.path.exists(path + STANDIN_SUFFIX)}
-
-    def feature_identity(self) -> dict:
-        """Everything about the network that determines `features(x)` for a given input."""
-        if not hasattr(self, "_weights_identity"):  # the file is hashed once per model
-            self._weights_identity = self.weights_identity()
-        return {"backbone": self.backbone_name, **self._weights_identity, "mean": list(self.mean),
-                "std": list(self.std), "torchvision_builder": BACKBONES[self.backbone_name][0].__name__}
+    def trunk_identity(self) -> dict:
+        """What decides `features(x)`: backbone, builder, normalisation and the trunk's values (the
+        weights file's name, size and sha256, and whether it is a stand-in; or the random seed).
+        The file is hashed once per model."""
+        if self._identity is None:
+            if self.weights_file is None:
+                values = {"weights": "random", "seed": RANDOM_TRUNK_SEED}
+            else:
+                path = self.weights_file
+                values = {"weights": "coco", "file": os.path.basename(path), "bytes": os.path.getsize(path),
+                          "sha256": sha256_of_file(path), "standin": os.path.exists(path + STANDIN_SUFFIX)}
+            self._identity = {"backbone": self.backbone_name, **values, "mean": list(self.mean),
+                              "std": list(self.std), "torchvision_builder": BACKBONES[self.backbone_name][0].__name__}
+        return dict(self._identity)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that require grad (weight and bias of the new layer)."""
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def _hub_checkpoint_dir() -> str:
-    return os.path.join(torch.hub.get_dir(), "checkpoints")
-
-
-def _load_torchvision_model(builder, weights, num_classes_random: int):
-    """Build the torchvision model, turning a failed weights download into a UserError."""
-    if weights is None:
-        # weights_backbone=None too: no ImageNet download, a fully random network, always the same one
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_TRUNK_SEED)
-            return builder(weights=None, weights_backbone=None, num_classes=num_classes_random, aux_loss=False)
-    filename = os.path.basename(weights.url)
-    folder = _hub_checkpoint_dir()
+def _coco_state_dict(backbone):
+    """The COCO weights of `backbone`: downloaded once (hash-checked), then read with weights_only=True."""
+    coco = BACKBONES[backbone][1]
+    path = weights_path(backbone)
     try:
-        return builder(weights=weights)
+        return coco.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except (urllib.error.URLError, OSError) as err:
-        raise UserError(
-            f"could not download the pretrained weights {filename} from {weights.url} ({err}); "
-            f"download that file yourself and put it in {folder}"
-        ) from err
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise UserError(f"could not download the pretrained weights {os.path.basename(path)} from {coco.url} ({err}); "
+                        f"download that file yourself and put it in {os.path.dirname(path)}, {STANDIN_HINT}") from err
+    except pickle.UnpicklingError as err:
+        raise UserError(f"the pretrained weights file {path} holds objects other than tensors, which could run code "
+                        f"when loaded; refused. Delete it and download it again from {coco.url}") from err
+    except (RuntimeError, EOFError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"the pretrained weights file {os.path.join(folder, filename)} is corrupt or incomplete ({reason}); "
-            f"delete it and download it again from {weights.url}"
-        ) from err
+        raise UserError(f"the pretrained weights file {path} is corrupt or incomplete ({reason}); "
+                        f"delete it and download it again from {coco.url}") from err
 
 
-def build_deeplabv3(backbone: str = "resnet101", weights: str | None = "coco",
-                    num_classes: int = 2) -> FineTunedDeepLabV3:
+def build_deeplabv3(backbone: str = "resnet101", weights: str = "coco", num_classes: int = 2) -> FineTunedDeepLabV3:
     """DeepLabV3 with every parameter frozen, `classifier[4]` replaced by a new trainable
     `nn.Conv2d(256, num_classes, 1)` and no aux_classifier.
 
-    backbone: "resnet101" | "resnet50" | "mobilenet_v3_large".
-    weights: "coco" (torchvision COCO_WITH_VOC_LABELS_V1, downloaded to the torch hub cache) or
-    None (random initialisation with the fixed seed RANDOM_TRUNK_SEED, with a warning; the new
-    layer's initialisation follows the global RNG). Raises UserError when the weights cannot be
-    downloaded, naming the file, its URL and the folder to put it in.
+    weights: "coco" (torchvision COCO_WITH_VOC_LABELS_V1, downloaded to the torch hub cache) or "none"
+    (random, seeded with RANDOM_TRUNK_SEED, with a warning). The new layer's initialisation follows
+    the global RNG. Missing or unreadable weights are one UserError naming the file and what to do.
     """
     if backbone not in BACKBONES:
         raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
-    if weights not in ("coco", None):
-        raise UsageError(f"unknown weights {weights!r}; use 'coco' or None (random initialisation)")
-    builder, coco = BACKBONES[backbone]
-    if weights is None:
-        warnings.warn(f"DeepLabV3 {backbone} is randomly initialised (weights=None): no pretrained features",
+    if weights not in WEIGHTS:
+        raise UsageError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
+    builder = BACKBONES[backbone][0]
+    state = _coco_state_dict(backbone) if weights == "coco" else None
+    with torch.random.fork_rng(devices=[]):  # a random trunk is always the same one
+        torch.manual_seed(RANDOM_TRUNK_SEED)
+        model = builder(weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+    if state is None:
+        warnings.warn(f"DeepLabV3 {backbone} is randomly initialised (--weights none): no pretrained features",
                       stacklevel=2)
-        model = _load_torchvision_model(builder, None, num_classes)
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
-        model = _load_torchvision_model(builder, coco, num_classes)
-        transform = coco.transforms()
-        mean, std = transform.mean, transform.std
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise UserError(f"the pretrained weights file {weights_path(backbone)} does not fit DeepLabV3-{backbone} "
+                            f"({str(err).splitlines()[0]}); delete it and download it again") from err
     model.aux_classifier = None
     model.requires_grad_(False)
-    in_channels = model.classifier[4].in_channels
-    model.classifier[4] = nn.Conv2d(in_channels, num_classes, kernel_size=1)  # new, trainable
-    weights_file = None if weights is None else os.path.join(_hub_checkpoint_dir(), os.path.basename(coco.url))
-    wrapped = FineTunedDeepLabV3(model, backbone, weights is not None, mean, std, weights_file)
-    return wrapped.train()
+    model.classifier[4] = nn.Conv2d(model.classifier[4].in_channels, num_classes, kernel_size=1)  # new, trainable
+    return FineTunedDeepLabV3(model, backbone, weights, weights_path(backbone) if state is not None else None).train()

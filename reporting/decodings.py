@@ -6,8 +6,7 @@ image, in 0..255 units, over all validation pixels and channels.
 """
 import torch
 
-from color.decode import decode
-from color.palette import nearest_colour
+from color.palette import decode, nearest_colour
 
 METHODS = ("argmax", "annealed")
 

@@ -62,21 +62,52 @@ def iou_from_confusion(preds, masks, ignore=255):
     return out
 
 
-def checkpoint_predictions(ckpt_path, images, batch_size):
-    """0/1 predictions of the checkpoint's network (a fresh module, weights from the file)."""
+HEAD = "model.model.classifier.4"  # the new layer's place in SegmentationModule's state_dict
+
+
+def checkpoint_module(ckpt_path):
+    """A fresh SegmentationModule given the checkpoint's new layer, and nothing else from the file: the
+    checkpoint must hold exactly the head's weight and bias, and the random frozen trunk is the one
+    every build makes (tests never download weights)."""
     from segmentation import SegmentationModule
 
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert set(checkpoint["state_dict"]) == {f"{HEAD}.weight", f"{HEAD}.bias"}, sorted(checkpoint["state_dict"])[:5]
     hp = dict(checkpoint["hyper_parameters"])
-    assert hp["weights"] is None  # tests train from a random frozen trunk: no download
+    assert hp["weights"] == "none"
     module = SegmentationModule(**hp)
-    module.load_state_dict(checkpoint["state_dict"])
-    module.eval()
-    with torch.no_grad():  # in the test loader's batches, so every convolution sees the same batch
-        logits = torch.cat([module.model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
-    return logits.argmax(dim=1).numpy()
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+    return module.eval()
+
+
+@torch.no_grad()
+def checkpoint_logits(ckpt_path, images, batch_size):
+    """Logits of the checkpoint's network from torchvision's own DeepLabV3.forward (not the package's
+    features/head split), in the test loader's batches."""
+    net = checkpoint_module(ckpt_path).model.model
+    return torch.cat([net(images[i:i + batch_size])["out"] for i in range(0, len(images), batch_size)])
 
 
 def checkpoint_iou(ckpt_path, root, size, batch_size, split_name="test", unlabelled="ignore"):
     images, masks = load_split(root, split_name, size, unlabelled)
-    return iou_from_confusion(checkpoint_predictions(ckpt_path, images, batch_size), masks)
+    return iou_from_confusion(checkpoint_logits(ckpt_path, images, batch_size).argmax(dim=1).numpy(), masks)
+
+
+def mean_loss(logits, masks, loss, ignore=255):
+    """The exact split loss: cross-entropy averaged over every valid pixel of the split at once, or the
+    soft IoU 1 - I/U per image (flower probability X, flower mask Y, over valid pixels) averaged over images."""
+    masks = torch.as_tensor(np.asarray(masks)).long()
+    valid = masks != ignore
+    if loss == "ce":
+        logp = logits.double().log_softmax(dim=1)
+        picked = logp.gather(1, masks.clamp(max=1)[:, None])[:, 0]
+        return float(-picked[valid].sum() / valid.sum())
+    x, y = logits.double().softmax(dim=1)[:, 1], (masks == 1).double()
+    inter = (x * y * valid).sum(dim=(1, 2))
+    union = ((x + y - x * y) * valid).sum(dim=(1, 2))
+    return float((1 - inter / union).mean())
+
+
+def checkpoint_loss(ckpt_path, root, size, batch_size, loss, split_name="val"):
+    images, masks = load_split(root, split_name, size)
+    return mean_loss(checkpoint_logits(ckpt_path, images, batch_size), masks, loss)

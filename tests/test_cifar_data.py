@@ -8,18 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 from torchvision.datasets.utils import calculate_md5
 
 import data.cifar as cifar
 import data.download as download
 from color.palette import load_palette
+from data.batching import EpochShuffle
 from data.cifar import CIFARHorses, ensure_cifar, load_batches
-from tests.fixtures.cifar import (expected_horses, make_images, write_batch, write_cifar_archive,
-                                  write_cifar_folder)
 from errors import DataError
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-horses"
+from tests.fixtures.cifar import expected_horses, make_images, write_batch, write_cifar_archive, write_cifar_folder
 
 
 @pytest.fixture(autouse=True)
@@ -115,6 +113,76 @@ def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, kind
     assert "refused" in message
 
 
+def _global(module, name):
+    """The pickle opcode GLOBAL for module.name, exactly as named (no Python 2 name mapping)."""
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _text(value):
+    return b"V" + str(value).encode("raw_unicode_escape") + b"\n"  # UNICODE
+
+
+def _allow_list_probes(tmp_path, marker):
+    """Pickles that run code through globals an over-broad allow-list would let through, each only
+    with plain data around them: {name: (bytes, the global the unpickler must name when refusing)}."""
+    evil = tmp_path / "evil.npy"  # an object array whose unpickling creates the marker
+    np.save(evil, np.array([_RunsCode(os.system, f"touch {marker}")], dtype=object), allow_pickle=True)
+    proto = b"\x80\x02"
+    call = b"tR."  # TUPLE (from the MARK), REDUCE, STOP
+    return {
+        # numpy.load(evil, None, True): a second, unrestricted unpickler on a file of the attacker's
+        "numpy.load": (proto + _global("numpy", "load") + b"(" + _text(evil) + b"N\x88" + call, "numpy.load"),
+        # numpy.save(marker, [1]): writes a file of the attacker's choosing
+        "numpy.save": (proto + _global("numpy", "save") + b"(" + _text(marker) + b"]K\x01a" + call, "numpy.save"),
+        # builtins.eval("open(marker, 'w').close()") as Python 3 pickles name it
+        "builtins.eval": (proto + _global("builtins", "eval") + b"(" + _text(f"open({str(marker)!r}, 'w').close()")
+                          + call, "builtins.eval"),
+        # getattr(__import__("os"), "system")("touch marker"): code from builtins alone
+        "builtins.getattr": (proto + _global("builtins", "getattr") + b"(" + _global("builtins", "__import__")
+                             + b"(" + _text("os") + b"tR" + _text("system") + b"tR(" + _text(f"touch {marker}")
+                             + call, "builtins.getattr"),
+        # the same through the Python 2 name of the module
+        "__builtin__.getattr": (proto + _global("__builtin__", "getattr") + b"(" + _global("__builtin__", "__import__")
+                                + b"(" + _text("os") + b"tR" + _text("system") + b"tR(" + _text(f"touch {marker}")
+                                + call, "__builtin__.getattr"),
+    }
+
+
+PROBES = ["numpy.load", "numpy.save", "builtins.eval", "builtins.getattr", "__builtin__.getattr"]
+
+
+def test_allow_list_probes_do_run_code_when_unpickled_freely(tmp_path):
+    """The probes below are real attacks: plain pickle runs each one (so refusing them means something)."""
+    marker = tmp_path / "ran.npy"
+    probes = _allow_list_probes(tmp_path, marker)
+    assert sorted(probes) == sorted(PROBES)
+    for name, (payload, _) in probes.items():
+        marker.unlink(missing_ok=True)
+        pickle.loads(payload)
+        assert marker.exists(), name
+
+
+@pytest.mark.parametrize("probe", PROBES)
+def test_allow_list_is_exactly_what_a_batch_needs(tmp_path, probe):
+    """Refused without running: fails if the allow-list is widened to every numpy.* global or to builtins."""
+    marker = tmp_path / "ran.npy"
+    payload, named = _allow_list_probes(tmp_path, marker)[probe]
+    folder = write_cifar_folder(tmp_path / "data")
+    path = folder / "data_batch_1"
+    path.write_bytes(payload)
+    with pytest.raises(DataError) as info:
+        load_batches(folder, cifar.TRAIN_BATCHES)
+    assert not marker.exists()  # nothing ran
+    assert str(info.value) == (f"{path} is not a CIFAR-10 python batch: it asks to load {named}, which the official "
+                               f"batches never contain; refused without loading it. Use the files of {cifar.CIFAR_URL}")
+
+
+def test_allow_list_holds_only_the_array_rebuilders():
+    assert cifar._BatchUnpickler.ALLOWED == {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
 def test_truncated_batch_fails_setup_too(tmp_path):
     folder = write_cifar_folder(tmp_path)
     (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes()[:1000])
@@ -126,26 +194,48 @@ def test_truncated_batch_fails_setup_too(tmp_path):
 
 # ----------------------------------------------------------------------------- the DataModule
 
-def test_split_sizes_shapes_and_ranges(module):
+def _nearest_by_hand(rgb, palette):
+    """Index of the nearest palette colour per pixel, by brute force in float64 (a second implementation)."""
+    out = []
+    for part in rgb.split(100):  # 100 images at a time: (100 * 1024, K, 3) float64 differences
+        pixels = part.double().permute(0, 2, 3, 1).reshape(-1, 1, 3)
+        dist = ((pixels - palette.double().reshape(1, -1, 3)) ** 2).sum(dim=-1)
+        out.append(dist.argmin(dim=1).reshape(part.shape[0], *part.shape[2:]))
+    return torch.cat(out)
+
+
+def _fixture_horses(folder, names):
+    images, labels = load_batches(folder, names)
+    return images[labels == 7]
+
+
+def test_split_sizes_and_exact_values(module, tmp_path):
     train_n, val_n = expected_horses()
     assert (train_n, val_n) == (50, 10)
-    grey, target = module.train_set.tensors
-    assert grey.shape == (train_n, 1, 32, 32) and grey.dtype == torch.float32
-    assert target.shape == (train_n, 32, 32) and target.dtype == torch.long
-    assert 0 <= grey.min() and grey.max() <= 1 and grey.std() > 0.05
-    assert 0 <= target.min() and target.max() < module.num_colours == 24
-    assert len(torch.unique(target)) > 5
-    val_grey, val_target = module.val_set.tensors
-    assert val_grey.shape == (val_n, 1, 32, 32) and val_target.shape == (val_n, 32, 32)
-    assert module.val_rgb.shape == (val_n, 3, 32, 32) and module.val_rgb.dtype == torch.float32
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    for tensors, names, n in ((module.train_set.tensors, cifar.TRAIN_BATCHES, train_n),
+                              (module.val_set.tensors, ["test_batch"], val_n)):
+        u8 = _fixture_horses(folder, names)
+        assert u8.shape == (n, 3, 32, 32)
+        grey, target = tensors[:2]
+        assert grey.shape == (n, 1, 32, 32) and grey.dtype == torch.float32
+        assert target.shape == (n, 32, 32) and target.dtype == torch.long
+        # grey = (R + G + B) / 765, computed here in float64 from the raw bytes
+        by_hand = u8.astype(np.float64).sum(axis=1, keepdims=True) / 765.0
+        assert np.array_equal(grey.numpy(), by_hand.astype(np.float32))
+        assert torch.equal(target, _nearest_by_hand(torch.from_numpy(u8).double() / 255, module.palette))
+    assert len(module.val_set.tensors) == 3  # validation items carry the true RGB
+    rgb = module.val_set.tensors[2]
+    val_u8 = _fixture_horses(folder, ["test_batch"])
+    assert rgb.dtype == torch.float32 and torch.equal(rgb, torch.from_numpy(val_u8) / 255.0)
     assert module.source["train"] == train_n and module.source["val"] == val_n
 
 
 def test_only_horses_in_file_order(module, tmp_path):
     images, labels = load_batches(tmp_path / "data" / "cifar-10-batches-py", ["test_batch"])
+    assert labels.tolist().count(7) == 10
     horses = torch.from_numpy(images[labels == 7]).float() / 255
-    assert torch.equal(module.val_rgb, horses)
-    assert torch.allclose(module.val_set.tensors[0], horses.mean(dim=1, keepdim=True), atol=1e-6)
+    assert torch.equal(module.val_set.tensors[2], horses)
     train_images, train_labels = load_batches(tmp_path / "data" / "cifar-10-batches-py", cifar.TRAIN_BATCHES)
     first = torch.from_numpy(train_images[train_labels == 7][:1]).float().mean(dim=1, keepdim=True) / 255
     assert torch.allclose(module.train_set.tensors[0][:1], first, atol=1e-6)
@@ -153,9 +243,9 @@ def test_only_horses_in_file_order(module, tmp_path):
 
 def test_targets_are_nearest_palette_colours(module):
     palette = module.palette.tolist()
-    _, target = module.val_set.tensors
+    _, target, rgb = module.val_set.tensors
     for n, i, j in [(0, 0, 0), (1, 16, 16), (3, 31, 0), (9, 5, 27), (6, 20, 11)]:
-        pixel = module.val_rgb[n, :, i, j].tolist()
+        pixel = rgb[n, :, i, j].tolist()
         dists = [sum((p - c) ** 2 for p, c in zip(pixel, colour)) for colour in palette]
         assert target[n, i, j] == dists.index(min(dists))
 
@@ -184,22 +274,23 @@ def test_palette_argument_forms(tmp_path):
 
 def test_dataloaders(module):
     train, val = module.train_dataloader(), module.val_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and isinstance(val.sampler, SequentialSampler)
+    assert isinstance(train.sampler, EpochShuffle) and isinstance(val.sampler, SequentialSampler)
     assert not train.drop_last and train.num_workers == 0 and not train.persistent_workers
     grey, target = next(iter(train))
     assert grey.shape == (7, 1, 32, 32) and target.shape == (7, 32, 32)
-    assert sum(len(g) for g, _ in train) == 50  # last partial batch kept
-    assert torch.equal(next(iter(val))[0], module.val_set.tensors[0][:7])
-    workers = CIFARHorses(module.data_dir, num_workers=2, pin_memory=True)
+    assert [len(g) for g, _ in train] == [7] * 7 + [1]  # last partial batch kept
+    first = next(iter(val))
+    assert len(first) == 3 and all(torch.equal(a, t[:7]) for a, t in zip(first, module.val_set.tensors))
+    workers = CIFARHorses(module.data_dir, num_workers=2)
     workers.train_set = workers.val_set = module.val_set  # skip setup: only the loader settings matter
     loader = workers.train_dataloader()
-    assert loader.num_workers == 2 and loader.persistent_workers and loader.pin_memory
+    assert loader.num_workers == 2 and loader.persistent_workers
 
 
 def test_sample_batch_is_fixed(module):
     grey, target, rgb = module.sample_batch(4)
     assert grey.shape == (4, 1, 32, 32) and target.shape == (4, 32, 32) and rgb.shape == (4, 3, 32, 32)
-    assert torch.equal(grey, module.val_set.tensors[0][:4]) and torch.equal(rgb, module.val_rgb[:4])
+    assert all(torch.equal(a, t[:4]) for a, t in zip((grey, target, rgb), module.val_set.tensors))
     assert all(torch.equal(a, b) for a, b in zip(module.sample_batch(4), (grey, target, rgb)))
 
 
@@ -290,19 +381,30 @@ def test_wrong_md5_moves_archive_aside(tmp_path, placed):
 
 @pytest.mark.parametrize("url", ["file:///nonexistent/cifar-10-python.tar.gz", "http://127.0.0.1:9/x.tar.gz"])
 def test_offline_download_names_url_and_data_dir(tmp_path, url):
-    data_dir = tmp_path / "data"
+    data_dir = tmp_path / "typo" / "datasets"  # a mistyped --data-dir: neither folder exists
     with pytest.raises(DataError) as info:
         CIFARHorses(data_dir, url=url).prepare_data()
     message = str(info.value)
-    assert message.startswith(f"could not download {url} (")
+    assert message.startswith(f"could not download {url} (") and "\n" not in message
     assert str(data_dir.absolute()) in message and "by hand" in message and "--data-dir" in message
-    assert list(data_dir.iterdir()) == []  # no partial download left
+    assert "local copy" in message
+    assert not (tmp_path / "typo").exists()  # the folders made for the download are removed again
+
+
+def test_failed_download_keeps_a_folder_the_user_made(tmp_path):
+    data_dir = tmp_path / "datasets"
+    data_dir.mkdir()
+    with pytest.raises(DataError, match="could not download"):
+        ensure_cifar(data_dir, url="file:///nonexistent/cifar-10-python.tar.gz")
+    assert data_dir.is_dir() and list(data_dir.iterdir()) == []  # kept, and nothing left in it
 
 
 def test_no_data_and_download_off(tmp_path):
+    data_dir = tmp_path / "typo" / "empty"
     with pytest.raises(DataError, match="downloading is off") as info:
-        CIFARHorses(tmp_path / "empty", download=False).setup()
-    assert str((tmp_path / "empty").absolute()) in str(info.value)
+        CIFARHorses(data_dir, download=False).setup()
+    assert str(data_dir.absolute()) in str(info.value) and "--data-dir" in str(info.value)
+    assert not (tmp_path / "typo").exists()
 
 
 def test_truncated_archive_names_it(tmp_path):
@@ -357,12 +459,10 @@ def test_archive_in_read_only_dir_is_extracted_into_cache(tmp_path, monkeypatch,
 # ----------------------------------------------------------------------------- the real data
 
 @pytest.mark.integration
-def test_real_cifar10_horses():
-    if not (REAL / "cifar-10-batches-py").is_dir():
-        pytest.skip(f"{REAL} absent")
-    folder = REAL / "cifar-10-batches-py"
+def test_real_cifar10_horses(shared_cifar):
+    folder = shared_cifar / "cifar-10-batches-py"
     differ = [name for name, md5 in cifar.OFFICIAL_MD5.items() if calculate_md5(str(folder / name)) != md5]
-    dm = CIFARHorses(REAL, download=False)
+    dm = CIFARHorses(shared_cifar, download=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dm.setup()
@@ -373,9 +473,12 @@ def test_real_cifar10_horses():
         assert unofficial == []
     assert dm.source["official_md5"] is (not differ) and dm.source["md5_mismatches"] == differ
     assert len(dm.train_set) == 5000 and len(dm.val_set) == 1000
-    assert dm.source["folder"] == str((REAL / "cifar-10-batches-py").resolve())
-    for grey, target in (dm.train_set.tensors, dm.val_set.tensors):
-        assert grey.dtype == torch.float32 and 0 <= grey.min() and grey.max() <= 1
-        assert target.min() >= 0 and target.max() < 24 and len(torch.unique(target)) == 24
-    palette = load_palette()
-    assert palette.shape == (24, 3) and 0 <= palette.min() and palette.max() <= 1
+    assert dm.source["folder"] == str(folder.resolve())
+    for tensors, names in ((dm.train_set.tensors, cifar.TRAIN_BATCHES), (dm.val_set.tensors, ["test_batch"])):
+        u8 = _fixture_horses(folder, names)
+        grey, target = tensors[:2]
+        by_hand = u8.astype(np.float64).sum(axis=1, keepdims=True) / 765.0
+        assert np.array_equal(grey.numpy(), by_hand.astype(np.float32))
+        assert torch.equal(target, _nearest_by_hand(torch.from_numpy(u8).double() / 255, dm.palette))
+    # the values the committed results/colorization summaries recorded for this data and the shipped palette
+    assert dm.settings() == {"checksum": "07baedc9a72014e1", "palette": "2d77b515065a8cbd"}

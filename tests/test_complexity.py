@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from models import ConvTransposeNet, PoolUpsampleNet, UNet
-from models.complexity import (batchnorm_params, complexity_report, count_conv_layers, main,
-                               padding_table, pool_upsample_closed_form, totals)
+from models.complexity import (batchnorm_params, complexity_report, count_conv_layers, main, padding_table,
+                               pool_upsample_closed_form, totals)
+from models.convtransposenet import ConvTransposeNet
+from models.poolupsamplenet import PoolUpsampleNet
+from models.unet import UNet
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,9 @@
-"""FineTunedDeepLabV3: frozen trunk, one trainable 1x1 conv, head(features(x)) == forward(x),
-fp16 feature cache, offline weights -> UserError. Random weights (no download) and tiny images."""
+"""FineTunedDeepLabV3: frozen trunk, one trainable 1x1 conv, head(features(x)) == torchvision's forward,
+features computed once (data/features.py) give the full model's logits, offline weights -> UserError.
+Random weights (no download) and tiny images."""
 
 import copy
+import functools
 import urllib.error
 from pathlib import Path
 
@@ -9,17 +11,18 @@ import pytest
 import torch
 from torchvision.models.segmentation import DeepLabV3_MobileNet_V3_Large_Weights
 
-from data.oxford17 import Oxford17
+from data.features import feature_identity, trunk_features
+from data.oxford17 import SPLIT_NAMES, Oxford17, normalise
+from errors import UsageError, UserError
 from models.deeplabv3 import build_deeplabv3
 from tests.fixtures.oxford17 import write_oxford17
-from errors import UsageError, UserError
 
 TRAINABLE = 2 * 256 + 2  # Conv2d(256, 2, 1): weight 2x256x1x1 + bias 2
 
 
 def _random(backbone):
     with pytest.warns(UserWarning, match="randomly initialised"):
-        return build_deeplabv3(backbone, weights=None)
+        return build_deeplabv3(backbone, weights="none")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,7 @@ def test_only_the_new_last_layer_trains(resnet50, mobilenet):
         assert trainable == ["model.classifier.4.weight", "model.classifier.4.bias"]
         assert model.last_layer.kernel_size == (1, 1) and model.last_layer.out_channels == 2
         assert model.mean == (0.485, 0.456, 0.406) and model.std == (0.229, 0.224, 0.225)
-
-
+        assert model.weights == "none" and model.weights_file is None
 
 
 def test_train_mode_keeps_frozen_trunk_in_eval(mobilenet):
@@ -106,38 +108,28 @@ def test_features_then_head_give_torchvisions_own_output(trained_scale_head):
     assert (split - tv).abs().max().item() < 1e-5
 
 
-def _cached_vs_full(model, root, dtype):
-    """(max |head(cached features) - forward(image)| over the val set, cached val features)."""
-    dm = Oxford17(root, image_size=64, batch_size=3, download=False, checksums={"datasplits.mat": None})
-    assert dm.cache_features(model.features, "cpu", batch_size=2, dtype=dtype)
-    n_cached = len(dm.train_set) + len(dm.val_set)
-    assert dm.feature_cache_bytes == n_cached * 256 * 8 * 8 * dtype.itemsize
-    assert dm.feature_cache_location == f"memory, {str(dtype)[6:]}, device cpu"
-    val = dm._pairs["val"]  # the decoded images, still there after caching
-    features, masks = map(torch.cat, zip(*dm.val_dataloader()))
-    assert features.dtype == dtype and features.shape == (len(val), 256, 8, 8)
-    assert torch.equal(masks, val.masks.long())
-    with torch.no_grad():
-        full = model(val.normalise(val.images))
-        cached = model.head(features, (64, 64))
-    assert full.abs().max().item() > 0.1  # non-trivial logits: the comparison means something
-    return (cached - full).abs().max().item(), features
-
-
-def test_cached_features_give_the_full_models_logits(trained_scale_head, tmp_path):
-    """The issue's cached-vs-full test, through Oxford17.cache_features (default float32)."""
+def test_features_computed_once_give_the_full_models_logits(trained_scale_head, tmp_path, capsys):
+    """The path segmentation.py takes: `trunk_features` over every split once (in memory here), then
+    only the head runs; its logits are those of the whole network on the normalised images."""
+    model = trained_scale_head
     root = write_oxford17(tmp_path / "flowers", n_classes=2, per_class=4, size=None)
-    diff, _ = _cached_vs_full(trained_scale_head, root, torch.float32)
-    assert diff < 1e-3
-
-
-def test_fp16_cache_error_is_within_the_rounding_bound(trained_scale_head, tmp_path):
-    root = write_oxford17(tmp_path / "flowers", n_classes=2, per_class=4, size=None)
-    diff, features = _cached_vs_full(trained_scale_head, root, torch.float16)
-    # fp16 rounds each feature by at most u |f| (u = 2^-11), so a logit moves by <= u sum_c |w_c| |f_c|
-    w = trained_scale_head.last_layer.weight.abs().flatten(1)
-    bound = 2.0**-11 * torch.einsum("kc,nchw->nkhw", w, features.float().abs()).max().item()
-    assert 0 < diff <= bound + 1e-6
+    dm = Oxford17(root, image_size=64, batch_size=3, download=False, mean=model.mean, std=model.std,
+                  checksums={"datasplits.mat": None})
+    images = {name: dm.images(name) for name in SPLIT_NAMES}
+    assert [len(images[name]) for name in SPLIT_NAMES] == [4, 2, 2]  # the fixture's datasplits.mat
+    norm = functools.partial(normalise, mean=dm.mean, std=dm.std)
+    features, info = trunk_features(model.features, images, norm,
+                                    feature_identity(model.trunk_identity(), images, "32-true"),
+                                    model.feature_shape(64), "cpu", store=None, batch_size=3)
+    assert info == {"location": "memory", "bytes": 8 * 256 * 8 * 8 * 4, "reused": False, "key": None,
+                    "splits": list(SPLIT_NAMES)}
+    for name in SPLIT_NAMES:
+        assert features[name].dtype == torch.float32 and features[name].shape == (len(images[name]), 256, 8, 8)
+        with torch.no_grad():
+            full = model.model(dm.val_set.normalise(images[name]))["out"]  # torchvision's own forward
+            cached = model.head(features[name], (64, 64))
+        assert full.abs().max().item() > 0.1  # non-trivial logits: the comparison means something
+        assert (cached - full).abs().max().item() < 1e-4
 
 
 def test_offline_weights_raise_user_error(tmp_path, monkeypatch):
@@ -156,9 +148,10 @@ def test_offline_weights_raise_user_error(tmp_path, monkeypatch):
 
 
 def test_bad_names_raise_usage_error():
-    with pytest.raises(UsageError, match="backbone"):
-        build_deeplabv3("vgg16", weights=None)
-    with pytest.raises(UsageError, match="weights"):
+    with pytest.raises(UsageError, match="unknown backbone 'vgg16'; choose one of resnet101, resnet50, "
+                                         "mobilenet_v3_large"):
+        build_deeplabv3("vgg16", weights="none")
+    with pytest.raises(UsageError, match="unknown weights 'imagenet'; choose one of coco, none"):
         build_deeplabv3("resnet50", weights="imagenet")
 
 
@@ -173,7 +166,9 @@ def test_random_trunk_is_the_same_network_whatever_the_seed():
     frozen = [k for k in sa if not k.startswith("model.classifier.4.")]
     assert frozen and all(torch.equal(sa[k], sb[k]) for k in frozen)
     assert not torch.equal(sa["model.classifier.4.weight"], sb["model.classifier.4.weight"])
-    assert a.feature_identity() == b.feature_identity() and a.feature_identity()["weights"] == "random"
+    assert a.trunk_identity() == b.trunk_identity() == {
+        "backbone": "mobilenet_v3_large", "weights": "random", "seed": 0, "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225], "torchvision_builder": "deeplabv3_mobilenet_v3_large"}
 
 
 @pytest.mark.parametrize("size", [32, 45, 64, 97])

@@ -3,6 +3,7 @@ downloading / extracting (both data sets), checked with real concurrent processe
 
 import functools
 import hashlib
+import inspect
 import multiprocessing
 import os
 import subprocess
@@ -17,7 +18,8 @@ import torch
 import data.cifar as cifar
 import data.oxford17 as ox
 from data.cifar import CIFARHorses
-from data.download import cache_folder, exclusive, is_writable, prepare_once
+from data.download import cache_folder, exclusive, folder_for_writing, prepare_once
+from files import is_writable
 from tests.fixtures.cifar import write_cifar_archive
 from tests.fixtures.oxford17 import write_oxford17_archives
 
@@ -32,13 +34,34 @@ def private_cache(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- probe and cache rule
 
-def test_is_writable_really_writes(tmp_path):
-    assert is_writable(tmp_path / "new" / "nested")  # made, with its parents
-    assert (tmp_path / "new" / "nested").is_dir() and list((tmp_path / "new" / "nested").iterdir()) == []
+def test_is_writable_really_writes_and_never_creates(tmp_path):
+    assert is_writable(tmp_path / "new" / "nested")  # where it would be made: tmp_path is writable
+    assert list(tmp_path.iterdir()) == []  # probed in the nearest existing parent, nothing left, nothing made
     # No file can be created in /proc, even by root; os.access says yes to root there.
     assert not is_writable("/proc")
+    assert not is_writable("/proc/new/nested")
     if os.geteuid() == 0:
         assert os.access("/proc", os.W_OK)  # why the probe must really write
+
+
+def test_folder_for_writing_removes_only_the_empty_folders_it_made(tmp_path):
+    target = tmp_path / "typo" / "datasets" / "oxford17"
+    with pytest.raises(RuntimeError, match="download failed"):
+        with folder_for_writing(target) as folder:
+            assert folder == target and target.is_dir()
+            raise RuntimeError("download failed")
+    assert list(tmp_path.iterdir()) == []  # typo/, datasets/ and oxford17/ are gone
+    # a folder that already existed stays, and one that is no longer empty stays too
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RuntimeError):
+        with folder_for_writing(tmp_path / "mine" / "a" / "b"):
+            (tmp_path / "mine" / "a" / "keep.txt").write_text("x")
+            raise RuntimeError("later failure")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["mine", "mine/a", "mine/a/keep.txt"]
+    # success keeps what was made
+    with folder_for_writing(tmp_path / "ok" / "x"):
+        pass
+    assert (tmp_path / "ok" / "x").is_dir()
 
 
 def test_cache_folder_is_per_data_folder_and_never_next_to_the_data(tmp_path, private_cache):
@@ -67,17 +90,18 @@ def test_lock_file_is_removed_and_the_lock_is_exclusive(tmp_path):
 # ----------------------------------------------------------------------------- concurrent processes
 
 def in_fresh_interpreter(test):
-    """Run a test that forks in a new Python process. Forking this one, in which earlier tests left
-    threads (TensorBoard writers, thread pools) that may hold locks, once left both children waiting
-    forever (seen in the full suite, never alone)."""
+    """Run a test that forks in a new Python process (pytest on the test's own file, which may be
+    another test module that imports this). Forking this one, in which earlier tests left threads
+    (TensorBoard writers, thread pools) that may hold locks, once left both children waiting forever
+    (seen in the full suite, never alone)."""
     @functools.wraps(test)
     def wrapper(*args, **kwargs):
         if os.environ.get("IMAGE2IMAGE_FRESH_TEST") == test.__name__:
             return test(*args, **kwargs)
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               f"{Path(__file__).resolve()}::{test.__name__}"], capture_output=True, text=True,
-                              env={**os.environ, "IMAGE2IMAGE_FRESH_TEST": test.__name__}, timeout=900,
-                              cwd=Path(__file__).resolve().parents[1])
+        node = f"{Path(inspect.getfile(test)).resolve()}::{test.__name__}"
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", node],
+                              capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[1],
+                              env={**os.environ, "IMAGE2IMAGE_FRESH_TEST": test.__name__})
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     return wrapper
 

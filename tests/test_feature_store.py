@@ -1,12 +1,18 @@
-"""The persistent feature store (data/feature_store.py) and Oxford17.cache_features on top of it.
+"""The frozen trunk's features computed once (data/features.py): `trunk_features` in memory or through the
+persistent `FeatureStore`, its key (`feature_identity`), faults that are repaired, one builder at a time.
 
-Small random DeepLabV3-MobileNetV3 trunks and 64 px fixture images; the trunk is replaced by a
-counting or failing function where a test must prove that no trunk forward ran.
+Most tests use tiny uint8 images and a counting feature function (so that "the trunk did not run" is a
+count of 0); one uses a small random DeepLabV3 on the Oxford17 fixture, and the CLI tests run segmentation.py.
 """
+import functools
+import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -14,205 +20,264 @@ import pytest
 import torch
 
 import segmentation
-from data.feature_store import FeatureStore, identity_key
-from data.oxford17 import FeatureDataset, Oxford17
+from data.features import FeatureStore, array_digest, default_store_dir, feature_identity, identity_key, trunk_features
+from data.oxford17 import SPLIT_NAMES, Oxford17, normalise
 from errors import UserError
 from models.deeplabv3 import FineTunedDeepLabV3, build_deeplabv3
 from tests.clirun import error_lines, run_main
+from tests.conftest import REPO
 from tests.fixtures.oxford17 import write_oxford17
+from tests.test_download import _run_together, in_fresh_interpreter
 
 SIZE = 64
-TRUNK = {"backbone": "test", "weights": "random", "seed": 0, "precision": "32-true"}
+MEAN, STD = (0.25, 0.5, 0.75), (0.5, 0.25, 0.125)
+TRUNK = {"backbone": "test", "weights": "random", "seed": 0, "mean": list(MEAN), "std": list(STD)}
+COUNTS = {"train": 6, "val": 3, "test": 3}
+SHAPE = (4, 2, 2)  # what Counting returns per image
 FAST = ("--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", SIZE, "--batch-size", 4,
         "--accelerator", "cpu", "--epochs", 1)
+NORM = functools.partial(normalise, mean=MEAN, std=STD)
 
 
-@pytest.fixture(scope="module")
-def flowers(tmp_path_factory):
-    return write_oxford17(tmp_path_factory.mktemp("oxford17"), n_classes=3, per_class=4)  # 6 / 3 / 3 images
+def make_images(seed=0, side=8):
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=generator)
+            for name, n in COUNTS.items()}
 
 
-@pytest.fixture(scope="module")
-def model():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = build_deeplabv3("resnet50", weights=None)  # at 64 px its features are not all zero
-    with torch.no_grad():
-        net.last_layer.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))  # a trained-like size
-    return net.eval()
-
-
-def datamodule(root, image_size=SIZE, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fixture's datasplits.mat md5 differs from the official one
-        dm = Oxford17(root, image_size=image_size, batch_size=4, download=False, **kwargs)
-        dm.setup("fit")
-    return dm
+IMAGES = make_images()
 
 
 class Counting:
-    """A feature function that counts the images it sees: scale * image mean, as (N, 4, 2, 2)."""
+    """A feature function that counts the images it sees: scale * mean of the normalised image, (N, 4, 2, 2)."""
 
-    def __init__(self, scale=1.0):
-        self.scale, self.images = scale, 0
+    def __init__(self, scale=1.0, log=None, delay=0.0):
+        self.scale, self.images, self.log, self.delay = scale, 0, log, delay
 
     def __call__(self, x):
         self.images += len(x)
-        return self.scale * x.mean(dim=(1, 2, 3)).view(-1, 1, 1, 1).expand(-1, 4, 2, 2).clone()
+        if self.log is not None:
+            with open(self.log, "a") as f:
+                f.write(f"{os.getpid()} {len(x)}\n")
+            time.sleep(self.delay)
+        return self.scale * x.mean(dim=(1, 2, 3)).view(-1, 1, 1, 1).expand(-1, *SHAPE).clone()
+
+
+def by_hand(images, scale=1.0):
+    """What Counting gives, computed here in float64: ((x / 255 - mean) / std), averaged, times scale."""
+    x = images.double() / 255
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1) for v in (MEAN, STD))
+    x = (x - mean) / std
+    return (scale * x.mean(dim=(1, 2, 3))).view(-1, 1, 1, 1).expand(-1, *SHAPE).float()
 
 
 def never(x):
     raise AssertionError("the trunk ran although the store holds these features")
 
 
-def cache(dm, fn, store, identity=TRUNK, **kwargs):
-    """cache_features with the feature shape given (as SegmentationModule does), so that no probe
-    forward runs: (4, 2, 2) for Counting, else ResNet-50's (256, 8, 8) at 64 px."""
-    kwargs.setdefault("feature_shape", (4, 2, 2) if isinstance(fn, Counting) else (256, 8, 8))
-    return dm.cache_features(fn, "cpu", batch_size=4, identity=identity, store=store, **kwargs)
+def features_of(fn, store, images=IMAGES, precision="32-true", trunk=TRUNK, shape=SHAPE):
+    return trunk_features(fn, images, NORM, feature_identity(trunk, images, precision), shape, "cpu", store=store,
+                          batch_size=4)
 
 
-def test_second_run_reads_train_val_and_test_from_disk_without_the_trunk(flowers, tmp_path, model):
+def entry_files(entry):
+    return sorted(p.name for p in entry.iterdir())
+
+
+# ----------------------------------------------------------------------------- in memory
+
+def test_in_memory_computes_all_three_splits_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    fn = Counting()
+    features, info = features_of(fn, None)
+    assert fn.images == 12 and list(features) == ["train", "val", "test"]
+    for name in SPLIT_NAMES:
+        assert features[name].dtype == torch.float32 and features[name].shape == (COUNTS[name], *SHAPE)
+        assert torch.allclose(features[name], by_hand(IMAGES[name]), atol=1e-6)
+    assert info == {"location": "memory", "bytes": 12 * 16 * 4, "reused": False, "key": None,
+                    "splits": ["train", "val", "test"]}
+    assert list(tmp_path.iterdir()) == [] and "feature store" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the store: reuse
+
+def test_second_call_reads_every_split_from_disk_without_the_trunk(tmp_path, capsys):
     lines = []
     store = FeatureStore(tmp_path / "store", announce=lines.append)
-    first = datamodule(flowers)
-    assert cache(first, model.features, store)
-    assert first.feature_store_info["reused"] is False
-    assert all(isinstance(getattr(first, f"{s}_set"), FeatureDataset) for s in ("train", "val", "test"))
-    second = datamodule(flowers)
-    assert cache(second, never, store)  # a new DataModule, as in a new run: nothing recomputed
-    info = second.feature_store_info
-    assert info["reused"] is True and info["splits"] == ["train", "val", "test"]
-    assert info["bytes"] == first.feature_store_info["bytes"] == second.feature_cache_bytes
-    assert info["bytes"] >= 12 * 256 * 8 * 8 * 4  # 12 images of 256x8x8 float32 (output stride 8 at 64 px)
-    for split in ("train", "val", "test"):
-        a, b = getattr(first, f"{split}_set").tensors[0], getattr(second, f"{split}_set").tensors[0]
-        assert a.shape == (len(first.split_numbers[split]), 256, 8, 8) and torch.equal(a, b)
-    # memory-mapped, not loaded: the tensors share the pages of the .npy files
-    arrays = store.open(info["key"], {s: ((len(second.split_numbers[s]), 256, 8, 8), "float32") for s in
-                                      ("train", "val", "test")})
-    assert all(isinstance(a, np.memmap) for a in arrays.values())
+    fn = Counting()
+    first, info = features_of(fn, store)
+    key = identity_key(feature_identity(TRUNK, IMAGES, "32-true"))
+    entry = tmp_path / "store" / key
+    assert fn.images == 12 and info["reused"] is False and info["key"] == key and info["location"] == str(entry)
+    assert entry_files(entry) == ["meta.json", "test.npy", "train.npy", "val.npy"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [key]  # no lock file, no temporary folder
+    assert info["bytes"] == sum(p.stat().st_size for p in entry.iterdir())
+    # plain .npy files (128-byte header, then the float32 values): they load without pickle
+    for name in SPLIT_NAMES:
+        assert (entry / f"{name}.npy").stat().st_size == 128 + COUNTS[name] * 16 * 4
+        assert np.array_equal(np.load(entry / f"{name}.npy", allow_pickle=False), first[name].numpy())
+    assert capsys.readouterr().out == (f"feature store: built {entry} ({info['bytes'] / 2**20:.1f} MiB, "
+                                       f"train/val/test)\n")
+    second, again = features_of(never, store)  # as a new run would: nothing recomputed
+    assert again == {**info, "reused": True}
+    assert capsys.readouterr().out.startswith(f"feature store: reused {entry} (")
+    for name in SPLIT_NAMES:
+        assert torch.equal(second[name], first[name])
+        assert torch.allclose(second[name], by_hand(IMAGES[name]), atol=1e-6)
+    # memory-mapped, not loaded: the arrays are views of the .npy files
+    arrays = store.open(key, {n: ((COUNTS[n], *SHAPE), "float32") for n in SPLIT_NAMES})
+    assert sorted(arrays) == sorted(SPLIT_NAMES) and all(isinstance(a, np.memmap) for a in arrays.values())
     assert lines == []  # nothing was wrong
-    entry = tmp_path / "store" / info["key"]
-    assert sorted(p.name for p in entry.iterdir()) == ["meta.json", "test.npy", "train.npy", "val.npy"]
-    with open(entry / "train.npy", "rb") as f:  # plain .npy: loads with allow_pickle=False
-        assert np.load(f, allow_pickle=False).dtype == np.float32
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["identity"] == json.loads(json.dumps(feature_identity(TRUNK, IMAGES, "32-true")))
+    assert meta["arrays"]["val"] == {"shape": [3, 4, 2, 2], "dtype": "float32", "bytes": 128 + 3 * 64}
 
 
-def test_test_split_logits_from_the_store_match_the_full_network(flowers, tmp_path, model):
-    dm = datamodule(flowers)
-    cache(dm, model.features, FeatureStore(tmp_path / "store"))
-    features, masks = map(torch.cat, zip(*dm.test_dataloader()))
-    pairs = dm._pairs["test"]
-    with torch.no_grad():
-        full = model(pairs.normalise(pairs.images))
-        stored = model.head(features, (SIZE, SIZE))
-    assert full.abs().max() > 0.1  # logits of a size that makes the comparison mean something
-    assert (stored - full).abs().max().item() < 1e-3
-    assert torch.equal(masks, pairs.masks.long())
+def test_feature_identity_holds_the_trunk_precision_and_every_splits_images():
+    identity = feature_identity(TRUNK, IMAGES, "bf16-mixed")
+    assert identity == {"trunk": TRUNK, "precision": "bf16-mixed", "dtype": "float32",
+                        "images": {name: array_digest(IMAGES[name]) for name in SPLIT_NAMES},
+                        "splits": ["train", "val", "test"]}
 
 
-@pytest.mark.parametrize("change", ["trunk", "image_size", "mean", "precision", "images", "dtype"])
-def test_anything_that_changes_the_features_changes_the_key(flowers, tmp_path, change):
+def test_array_digest_covers_shape_dtype_and_bytes():
+    a = torch.arange(12, dtype=torch.uint8)
+    expected = hashlib.sha256(b"(12,)|uint8" + bytes(range(12))).hexdigest()
+    assert array_digest(a) == array_digest(a.numpy()) == expected
+    assert array_digest(a.view(3, 4)) != expected and array_digest(a.to(torch.int16)) != expected
+
+
+@pytest.mark.parametrize("change", ["trunk", "precision", "images", "image_size", "split_order"])
+def test_anything_that_changes_the_features_changes_the_key(tmp_path, change):
     store = FeatureStore(tmp_path / "store")
-    cache(datamodule(flowers), Counting(), store)
-    kwargs, identity, dtype, root = {}, dict(TRUNK), torch.float32, flowers
+    features_of(Counting(), store)
+    kwargs = {}
     if change == "trunk":
-        identity["sha256"] = "another weights file"
-    elif change == "image_size":
-        kwargs["image_size"] = SIZE + 8
-    elif change == "mean":
-        kwargs["mean"] = (0.5, 0.5, 0.5)
+        kwargs["trunk"] = {**TRUNK, "sha256": "another weights file"}
     elif change == "precision":
-        identity["precision"] = "16-mixed"
-    elif change == "dtype":
-        dtype = torch.float16
-    else:  # the same file names, other pixels
-        root = write_oxford17(tmp_path / "other", n_classes=3, per_class=4, seed=1)
-    dm = datamodule(root, **kwargs)
+        kwargs["precision"] = "bf16-mixed"
+    elif change == "images":  # the same sizes, other pixels
+        kwargs["images"] = make_images(seed=1)
+    elif change == "image_size":
+        kwargs["images"] = make_images(side=16)
+    else:  # the same images, another assignment to the splits
+        kwargs["images"] = {"train": IMAGES["val"], "val": IMAGES["train"], "test": IMAGES["test"]}
     fn = Counting()
-    cache(dm, fn, store, identity=identity, dtype=dtype)
-    assert fn.images == 12 and dm.feature_store_info["reused"] is False
-    assert len([p for p in (tmp_path / "store").iterdir()]) == 2
+    features, info = features_of(fn, store, **kwargs)
+    assert fn.images == 12 and info["reused"] is False
+    assert len(list((tmp_path / "store").iterdir())) == 2
 
 
-def test_a_second_call_with_another_feature_function_serves_its_own_features(flowers, tmp_path):
-    """Issue 11: the cache used to answer 'already cached' whatever function it was given."""
-    for store in (None, FeatureStore(tmp_path / "store")):
-        dm = datamodule(flowers)
-        cache(dm, Counting(1.0), store, identity={**TRUNK, "weights": "A"})
-        a = dm.val_set.tensors[0].clone()
-        fn = Counting(3.0)
-        cache(dm, fn, store, identity={**TRUNK, "weights": "B"})
-        assert fn.images > 0 and torch.allclose(dm.val_set.tensors[0], 3 * a)
-        # the same identity again: nothing recomputed; no identity: always recomputed
-        again = Counting(3.0)
-        cache(dm, again, store, identity={**TRUNK, "weights": "B"})
-        assert again.images == 0
-        anonymous = Counting(5.0)
-        dm.cache_features(anonymous, "cpu", batch_size=4)
-        assert anonymous.images == 9 and torch.allclose(dm.val_set.tensors[0], 5 * a)
+def test_precision_is_part_of_the_key():
+    """Features computed under autocast (16-mixed / bf16-mixed) differ from float32 ones: never served for them."""
+    keys = {p: identity_key(feature_identity(TRUNK, IMAGES, p)) for p in ("32-true", "16-mixed", "bf16-mixed")}
+    assert len(set(keys.values())) == 3
 
 
-def _built(flowers, tmp_path):
+def test_another_feature_function_under_another_identity_gets_its_own_features(tmp_path):
+    """Issue 11: a cache must never answer 'already computed' for another trunk."""
+    store = FeatureStore(tmp_path / "store")
+    features_of(Counting(1.0), store, trunk={**TRUNK, "weights": "A"})
+    fn = Counting(3.0)
+    b, info = features_of(fn, store, trunk={**TRUNK, "weights": "B"})
+    assert fn.images == 12 and info["reused"] is False
+    assert torch.allclose(b["val"], by_hand(IMAGES["val"], 3.0), atol=1e-6)
+    again = Counting(3.0)
+    c, info = features_of(again, store, trunk={**TRUNK, "weights": "B"})
+    assert again.images == 0 and info["reused"] is True and torch.equal(c["val"], b["val"])
+
+
+def test_an_entry_recording_another_identity_is_never_served(tmp_path):
+    """An entry renamed or edited by hand to the key of this identity: its meta.json says whose it is."""
     lines = []
     store = FeatureStore(tmp_path / "store", announce=lines.append)
-    dm = datamodule(flowers)
-    cache(dm, Counting(), store)
-    return store, lines, tmp_path / "store" / dm.feature_store_info["key"]
+    _, info_a = features_of(Counting(1.0), store, trunk={**TRUNK, "weights": "A"})
+    key_b = identity_key(feature_identity({**TRUNK, "weights": "B"}, IMAGES, "32-true"))
+    a = tmp_path / "store" / info_a["key"]
+    meta = json.loads((a / "meta.json").read_text())
+    meta["key"] = key_b
+    (a / "meta.json").write_text(json.dumps(meta))
+    a.rename(tmp_path / "store" / key_b)
+    fn = Counting(3.0)
+    b, info = features_of(fn, store, trunk={**TRUNK, "weights": "B"})
+    assert fn.images == 12 and info["reused"] is False  # rebuilt, not A's features
+    assert torch.allclose(b["train"], by_hand(IMAGES["train"], 3.0), atol=1e-6)
+    assert len(lines) == 1 and "records another identity" in lines[0] and "\n" not in lines[0]
 
 
-def _rebuilt(flowers, store, lines):
+# ----------------------------------------------------------------------------- faults are repaired
+
+def _built(tmp_path):
+    lines = []
+    store = FeatureStore(tmp_path / "store", announce=lines.append)
+    _, info = features_of(Counting(), store)
+    return store, lines, tmp_path / "store" / info["key"]
+
+
+def _rebuilt(store, lines):
     fn = Counting()
-    dm = datamodule(flowers)
-    cache(dm, fn, store)
-    assert fn.images == 12 and dm.feature_store_info["reused"] is False  # rebuilt...
+    features, info = features_of(fn, store)
+    assert fn.images == 12 and info["reused"] is False  # rebuilt...
     assert len(lines) == 1 and "\n" not in lines[0] and "rebuilding" in lines[0], lines  # ...announced in one line
-    reread = datamodule(flowers)
-    cache(reread, never, store, feature_shape=(4, 2, 2))  # ...and whole again
-    assert reread.feature_store_info["reused"] is True
+    assert torch.allclose(features["val"], by_hand(IMAGES["val"]), atol=1e-6)
+    reread, info = features_of(never, store)  # ...and whole again
+    assert info["reused"] is True and torch.equal(reread["val"], features["val"])
     return lines[0]
 
 
-def test_truncated_array_is_detected_and_rebuilt(flowers, tmp_path):
-    store, lines, entry = _built(flowers, tmp_path)
+def test_truncated_array_is_detected_and_rebuilt(tmp_path):
+    store, lines, entry = _built(tmp_path)
     data = (entry / "val.npy").read_bytes()
     (entry / "val.npy").write_bytes(data[: len(data) // 2])
-    assert "truncated val.npy" in _rebuilt(flowers, store, lines)
+    assert f"{entry} has a truncated val.npy ({len(data) // 2} of {len(data)} bytes)" in _rebuilt(store, lines)
 
 
-def test_array_of_the_wrong_shape_is_detected_and_rebuilt(flowers, tmp_path):
-    store, lines, entry = _built(flowers, tmp_path)
+def test_array_of_the_wrong_shape_is_detected_and_rebuilt(tmp_path):
+    store, lines, entry = _built(tmp_path)
     np.save(entry / "train.npy", np.zeros((6, 4, 2, 3), dtype=np.float32))
     meta = json.loads((entry / "meta.json").read_text())
     meta["arrays"]["train"]["bytes"] = (entry / "train.npy").stat().st_size  # a consistent but wrong entry
     (entry / "meta.json").write_text(json.dumps(meta))
-    assert "train.npy of shape (6, 4, 2, 3)" in _rebuilt(flowers, store, lines)
+    assert "train.npy of shape (6, 4, 2, 3) float32, expected (6, 4, 2, 2) float32" in _rebuilt(store, lines)
 
 
-def test_entry_without_meta_is_detected_and_rebuilt(flowers, tmp_path):
-    store, lines, entry = _built(flowers, tmp_path)
+def test_entry_without_meta_is_detected_and_rebuilt(tmp_path):
+    store, lines, entry = _built(tmp_path)
     (entry / "meta.json").unlink()
-    assert "incomplete" in _rebuilt(flowers, store, lines)
+    assert "is incomplete (no meta.json" in _rebuilt(store, lines)
 
 
-def test_half_written_entry_of_a_killed_run_is_removed(flowers, tmp_path):
-    store, lines, entry = _built(flowers, tmp_path)
+def test_unreadable_meta_is_detected_and_rebuilt(tmp_path):
+    store, lines, entry = _built(tmp_path)
+    (entry / "meta.json").write_text("{not json")
+    assert "unreadable meta.json" in _rebuilt(store, lines)
+
+
+def test_half_written_entry_of_a_killed_run_is_removed(tmp_path):
+    store, lines, entry = _built(tmp_path)
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()  # a process id that no longer runs
-    import socket
-
     stale = tmp_path / "store" / f".tmp-{entry.name}-{socket.gethostname()}-{proc.pid}-abcdef12"
     (entry / "meta.json").unlink()
     entry.rename(stale)  # what a run killed before its rename leaves behind
     fn = Counting()
-    cache(datamodule(flowers), fn, store)
+    features_of(fn, store)
     assert fn.images == 12 and not stale.exists()
     assert len(lines) == 1 and "half-written" in lines[0] and str(proc.pid) in lines[0]
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [entry.name]
 
 
-def test_two_writers_of_one_entry_leave_one_whole_entry(flowers, tmp_path):
+def test_a_failing_trunk_leaves_no_entry_and_no_temporary_folder(tmp_path):
+    def failing(x):
+        raise RuntimeError("out of memory")
+
+    store = FeatureStore(tmp_path / "store")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        features_of(failing, store)
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_two_writers_of_one_entry_leave_one_whole_entry(tmp_path):
     store = FeatureStore(tmp_path / "store")
     shapes = {"train": (2, 3)}
     a = store.create("k" * 24, {"x": 1}, shapes, "float32")
@@ -222,24 +287,52 @@ def test_two_writers_of_one_entry_leave_one_whole_entry(flowers, tmp_path):
     assert a.commit() is True
     assert b.commit() is False  # the other run won; its copy is discarded, the entry is untouched
     arrays = store.open("k" * 24, {"train": ((2, 3), "float32")})
-    assert arrays is not None and float(arrays["train"].sum()) == 6
+    assert sorted(arrays) == ["train"] and np.array_equal(arrays["train"], np.ones((2, 3), np.float32))
     assert [p.name for p in (tmp_path / "store").iterdir()] == ["k" * 24]
 
 
-def test_unwritable_store_folder_is_one_clear_error(flowers, tmp_path):
+@in_fresh_interpreter
+def test_two_processes_build_one_entry_once(tmp_path):
+    """Two processes ask for the same features at once: one runs the trunk, the other waits for the lock
+    and reads what the first built (DDP ranks, or two runs on one machine)."""
+    log = tmp_path / "calls"
+
+    def worker(i, barrier):
+        fn = Counting(log=log, delay=0.3)  # slow enough that the two overlap
+        barrier.wait()
+        features, info = features_of(fn, FeatureStore(tmp_path / "store"))
+        ok = all(torch.allclose(features[n], by_hand(IMAGES[n]), atol=1e-6) for n in SPLIT_NAMES)
+        (tmp_path / f"reused-{i}").write_text(str(info["reused"]))
+        os._exit(0 if ok else 3)
+
+    assert _run_together(worker) == [0, 0]
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert [n for _, n in calls] == ["4", "2", "3", "3"]  # train in batches of 4, then val, then test: once
+    assert len({pid for pid, _ in calls}) == 1
+    assert sorted((tmp_path / f"reused-{i}").read_text() for i in range(2)) == ["False", "True"]
+    key = identity_key(feature_identity(TRUNK, IMAGES, "32-true"))
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [key]  # no lock file, no temporary folder
+
+
+# ----------------------------------------------------------------------------- bad folders
+
+def test_unwritable_store_folder_is_one_clear_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(UserError, match="cannot write the feature store in .*--feature-store DIR"):
-        cache(datamodule(flowers), Counting(), FeatureStore(blocker / "store"))
+    with pytest.raises(UserError) as info:
+        features_of(Counting(), FeatureStore(blocker / "store"))
+    message = str(info.value)
+    assert message.startswith(f"cannot write the feature store in {blocker / 'store'} (") and "\n" not in message
+    assert "--feature-store DIR" in message and "--no-feature-cache" in message
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_store_folder_is_one_clear_error(flowers, tmp_path):
+def test_read_only_store_folder_is_one_clear_error(tmp_path):
     (tmp_path / "ro").mkdir()
     os.chmod(tmp_path / "ro", 0o555)
     try:
         with pytest.raises(UserError, match="cannot write the feature store"):
-            cache(datamodule(flowers), Counting(), FeatureStore(tmp_path / "ro"))
+            features_of(Counting(), FeatureStore(tmp_path / "ro"))
     finally:
         os.chmod(tmp_path / "ro", 0o755)
 
@@ -247,15 +340,59 @@ def test_read_only_store_folder_is_one_clear_error(flowers, tmp_path):
 def test_key_is_a_digest_of_the_whole_identity():
     assert identity_key({"a": 1, "b": [1, 2]}) == identity_key({"b": [1, 2], "a": 1})
     assert identity_key({"a": 1}) != identity_key({"a": 2})
+    assert identity_key({"a": 1}) == hashlib.sha256(b'{"a":1}').hexdigest()[:24]
 
 
-# ---------------------------------------------------------------- through the CLI
+def test_default_store_is_in_the_users_cache_not_next_to_the_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_store_dir() == tmp_path / "home" / ".cache" / "image2image" / "features"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_store_dir() == tmp_path / "xdg" / "image2image" / "features"
+
+
+# ----------------------------------------------------------------------------- a real trunk
+
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory):
+    return write_oxford17(tmp_path_factory.mktemp("oxford17"), n_classes=3, per_class=4)  # 6 / 3 / 3 images
+
+
+def test_test_split_logits_from_the_store_match_the_full_network(flowers, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # randomly initialised; the fixture's datasplits.mat md5
+        model = build_deeplabv3("resnet50", weights="none")  # at 64 px its features are not all zero
+        dm = Oxford17(flowers, image_size=SIZE, download=False, mean=model.mean, std=model.std)
+        images = {name: dm.images(name) for name in SPLIT_NAMES}
+    with torch.no_grad():
+        model.last_layer.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))  # a trained-like size
+    model.eval()
+    norm = functools.partial(normalise, mean=model.mean, std=model.std)
+    identity = feature_identity(model.trunk_identity(), images, "32-true")
+    store = FeatureStore(tmp_path / "store")
+    trunk_features(model.features, images, norm, identity, model.feature_shape(SIZE), "cpu", store=store)
+    features, info = trunk_features(never, images, norm, identity, model.feature_shape(SIZE), "cpu", store=store)
+    assert info["reused"] is True and features["test"].shape == (3, 256, 8, 8)
+    with torch.no_grad():
+        full = model.model(norm(images["test"]))["out"]  # torchvision's own forward
+        stored = model.head(features["test"], (SIZE, SIZE))
+    assert full.abs().max() > 0.1  # logits of a size that makes the comparison mean something
+    assert (stored - full).abs().max().item() < 1e-4
+
+
+# ----------------------------------------------------------------------------- through the CLI
+
+def _summaries(results):
+    return {json.loads(p.read_text())["loss"]: json.loads(p.read_text())
+            for p in (results / "segmentation").glob("*/summary.json")}
+
+
 def test_cli_second_run_with_the_other_loss_runs_no_trunk_forward(flowers, tmp_path, capsys, monkeypatch):
     dirs = ("--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "logs", "--data-dir", flowers)
     code, out, err = run_main(segmentation.main, ["--loss", "ce", *FAST, *dirs, "--feature-store", tmp_path / "fs"],
                               capsys)
     assert code == 0, err[-2000:]
-    assert "feature store: built" in out
+    assert out.count("feature store: built") == 1
 
     def no_trunk(self, x):
         raise AssertionError("trunk forward in a run that should read the store")
@@ -264,31 +401,33 @@ def test_cli_second_run_with_the_other_loss_runs_no_trunk_forward(flowers, tmp_p
     code, out, err = run_main(segmentation.main, ["--loss", "iou", *FAST, *dirs, "--feature-store", tmp_path / "fs"],
                               capsys)
     assert code == 0, err[-2000:]
-    assert "feature store: reused" in out
-    summaries = {json.loads(p.read_text())["loss"]: json.loads(p.read_text())
-                 for p in (tmp_path / "results" / "segmentation").glob("*/summary.json")}
-    assert summaries["ce"]["feature_store"]["reused"] is False and summaries["iou"]["feature_store"]["reused"] is True
-    assert summaries["iou"]["feature_store"]["bytes"] == summaries["ce"]["feature_store"]["bytes"] > 0
-    assert summaries["iou"]["test_miou"] is not None
+    assert out.count("feature store: reused") == 1
+    summaries = _summaries(tmp_path / "results")
+    assert sorted(summaries) == ["ce", "iou"]
+    ce, iou = summaries["ce"]["feature_store"], summaries["iou"]["feature_store"]
+    assert ce["reused"] is False and iou == {**ce, "reused": True}
+    entry = tmp_path / "fs" / ce["key"]
+    assert ce["location"] == str(entry) and ce["bytes"] == sum(p.stat().st_size for p in entry.iterdir())
+    assert isinstance(summaries["iou"]["test_miou"], float)
 
 
 def test_cli_no_feature_cache_and_augment_leave_the_store_alone(flowers, tmp_path, capsys):
-    dirs = ("--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "logs", "--data-dir", flowers,
-            "--feature-store", tmp_path / "fs")
-    for flag in ("--no-feature-cache", "--augment"):
+    for i, flag in enumerate(("--no-feature-cache", "--augment")):
+        dirs = ("--results-dir", tmp_path / f"results{i}", "--logs-dir", tmp_path / f"logs{i}", "--data-dir", flowers,
+                "--feature-store", tmp_path / "fs")
         code, out, err = run_main(segmentation.main, ["--loss", "ce", *FAST, *dirs, flag], capsys)
         assert code == 0, err[-2000:]
         assert "feature store" not in out
+        summaries = _summaries(tmp_path / f"results{i}")
+        assert sorted(summaries) == ["ce"]
+        assert summaries["ce"]["inputs"] == "images" and summaries["ce"]["feature_store"] is None
     assert not (tmp_path / "fs").exists()
-    for summary in (tmp_path / "results" / "segmentation").glob("*/summary.json"):
-        record = json.loads(summary.read_text())
-        assert record["feature_cache"] is False and record["feature_store"] is None
 
 
 def test_cli_unwritable_store_is_one_error_line_and_no_run(flowers, tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
-    code, out, err = run_main(segmentation.main, ["--loss", "ce", *FAST, "--data-dir", flowers,
-                                                  "--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "logs",
+    dirs = ("--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "logs")
+    code, out, err = run_main(segmentation.main, ["--loss", "ce", *FAST, "--data-dir", flowers, *dirs,
                                                   "--feature-store", tmp_path / "a-file" / "fs"], capsys)
     assert code == 1 and "Traceback" not in err
     lines = error_lines(err)
@@ -296,33 +435,42 @@ def test_cli_unwritable_store_is_one_error_line_and_no_run(flowers, tmp_path, ca
     assert not list((tmp_path / "results").glob("segmentation/*/summary.json"))
 
 
-def test_default_store_is_in_the_cache_folder_not_next_to_the_data(tmp_path, monkeypatch):
-    from data.feature_store import default_store_dir
+DDP = ("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp")
 
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    assert str(default_store_dir()) == os.path.join(".cache", "features")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_store_dir() == tmp_path / "xdg" / "image2image" / "features"
+
+def run_ddp(script, *args, timeout=600):
+    """(stdout, stderr) of `python script args` (DDP on two CPU processes) in its own process group,
+    killed with its children on timeout."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, script, *map(str, args)], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{script} with DDP did not finish in {timeout} s (hang?):\n{err[-3000:]}")
+    assert proc.returncode == 0, err[-4000:]
+    return out, err
 
 
 @pytest.mark.slow
 def test_ddp_ranks_share_one_store_that_one_process_writes(tmp_path):
-    """Two CPU processes (gloo): the first run's local rank 0 builds the store while the other waits,
-    both train on it; a second run reads it on both ranks."""
-    from tests.test_ddp import DDP, run_ddp
-
+    """Two CPU processes (gloo), each preparing its own data: in the first run one builds the entry while the
+    other waits for the lock and then reads it; a second run reads it on both ranks."""
     data = write_oxford17(tmp_path / "flowers", n_classes=3, per_class=6)  # 9 train, 3 val, 6 test
     common = ("--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", SIZE, "--batch-size", 2,
               "--epochs", 1, "--data-dir", data, "--feature-store", tmp_path / "fs", *DDP)
     out, err = run_ddp("segmentation.py", "--loss", "ce", *common, "--results-dir", tmp_path / "r1",
                        "--logs-dir", tmp_path / "l1")
-    assert out.count("feature store: built") == 1 and "feature store: reused" not in out, out
+    assert out.count("feature store: built") == 1 and out.count("feature store: reused") == 1, out
     entries = list((tmp_path / "fs").iterdir())
     assert len(entries) == 1 and not entries[0].name.startswith(".tmp"), entries  # one entry, no leftovers
     stamp = (entries[0] / "train.npy").stat().st_mtime_ns
     out, err = run_ddp("segmentation.py", "--loss", "iou", *common, "--results-dir", tmp_path / "r2",
                        "--logs-dir", tmp_path / "l2")
-    assert out.count("feature store: reused") == 1 and "feature store: built" not in out, out
-    assert list((tmp_path / "fs").iterdir()) == entries and (entries[0] / "train.npy").stat().st_mtime_ns == stamp
+    assert out.count("feature store: reused") == 2 and "feature store: built" not in out, out
+    assert list((tmp_path / "fs").iterdir()) == entries
+    assert (entries[0] / "train.npy").stat().st_mtime_ns == stamp
     summary = json.loads(next((tmp_path / "r2" / "segmentation").glob("*/summary.json")).read_text())
-    assert summary["feature_store"]["reused"] is True and summary["test_miou"] is not None
+    assert summary["feature_store"]["reused"] is True and isinstance(summary["test_miou"], float)

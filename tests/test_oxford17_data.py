@@ -1,6 +1,7 @@
 """Oxford17 data module on tiny fixture trees (and on the real copy in ../shared/data when there)."""
 
 import hashlib
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -10,15 +11,15 @@ import pytest
 import scipy.io
 import torch
 from PIL import Image
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 import data.download as download
 import data.oxford17 as ox
-from data.oxford17 import FeatureDataset, Oxford17, generated_split, trimap_to_mask
-from tests.fixtures.oxford17 import image_numbers, trimap_numbers, write_oxford17, write_oxford17_archives
+from data.batching import EpochShuffle
+from data.oxford17 import Oxford17, generated_split, normalise, preprocess, trimap_to_mask
 from errors import DataError, UsageError
+from tests.fixtures.oxford17 import image_numbers, trimap_numbers, write_oxford17, write_oxford17_archives
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "oxford17"
 NO_MD5 = {"17flowers.tgz": None, "datasplits.mat": None}
 
 
@@ -48,6 +49,11 @@ def _copy(tree, tmp_path, splits=True):
 
 
 # ---------------------------------------------------------------- splits
+OFFICIAL = "official: datasplits.mat trn1/val1/tst1"
+GENERATED_OFFLINE = ("generated (datasplits.mat not found and download=False): stratified by class 50/25/25, "
+                     "rng seed 1")
+
+
 def test_counts_follow_datasplits_mat_restricted_to_trimaps(tree, ready):
     mat = scipy.io.loadmat(str(tree / "datasplits.mat"))
     with_trimap = set(trimap_numbers(3, 8, 2))
@@ -55,15 +61,15 @@ def test_counts_follow_datasplits_mat_restricted_to_trimaps(tree, ready):
         expected = sorted(set(mat[key].ravel().astype(int)) & with_trimap)
         assert ready.split_numbers[name] == expected
     assert [len(ready.train_set), len(ready.val_set), len(ready.test_set)] == [6, 3, 3]
-    assert ready.split_source == "datasplits.mat trn1/val1/tst1"
-    assert ready.data_summary()["counts"] == {"train": 6, "val": 3, "test": 3}
+    assert ready.split_source == OFFICIAL
+    assert ready.splits() == ready.split_numbers  # from the file names alone, the same lists
 
 
 def test_images_without_trimaps_are_excluded_and_splits_disjoint(ready):
     used = [n for name in ("train", "val", "test") for n in ready.split_numbers[name]]
-    assert len(used) == len(set(used))
+    assert len(used) == len(set(used)) == 12
     assert sorted(used) == trimap_numbers(3, 8, 2)
-    assert len(image_numbers(3, 8)) == 24 > len(used)
+    assert len(image_numbers(3, 8)) == 24
 
 
 def test_split_k_selects_the_mats_lists(tree):
@@ -71,24 +77,52 @@ def test_split_k_selects_the_mats_lists(tree):
     dm.setup()
     mat = scipy.io.loadmat(str(tree / "datasplits.mat"))
     assert dm.split_numbers["train"] == sorted(set(mat["trn2"].ravel().astype(int)) & set(trimap_numbers(3, 8, 2)))
-    assert dm.split_source == "datasplits.mat trn2/val2/tst2"
+    assert dm.split_source == "official: datasplits.mat trn2/val2/tst2"
+
+
+def test_the_split_used_is_announced_in_one_line_for_both_sources(tree, tmp_path, capsys):
+    """One printed line names the split (official datasplits.mat, or generated and why); the split_info
+    kept in every summary (and in the run's settings) tells the two apart."""
+    official = _dm(tree)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a line, not a warning
+        official.setup()
+    assert capsys.readouterr().out == f"Oxford17 split 1: {OFFICIAL}; 6 train / 3 val / 3 test images\n"
+    root = _copy(tree, tmp_path, splits=False)
+    generated = _dm(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generated.setup()
+    assert capsys.readouterr().out == f"Oxford17 split 1: {GENERATED_OFFLINE}; 6 train / 3 val / 3 test images\n"
+    failed = _dm(root, download=True, base_url=(tmp_path / "no-server").as_uri())  # the download of the mat fails
+    failed.setup()
+    line = capsys.readouterr().out
+    assert line.startswith("Oxford17 split 1: generated (datasplits.mat download failed: ") and line.count("\n") == 1
+    assert line.endswith("): stratified by class 50/25/25, rng seed 1; 6 train / 3 val / 3 test images\n")
+    assert official.split_info == {"source": OFFICIAL, "hash": ox.split_hash(official.split_numbers)}
+    assert generated.split_info == {"source": GENERATED_OFFLINE, "hash": ox.split_hash(generated.split_numbers)}
+    assert official.split_info["hash"] != generated.split_info["hash"]
+    assert official.settings()["split"] == {"k": 1, **official.split_info}
+    assert official.settings()["split"] != generated.settings()["split"]
+    official.setup()  # once: a second setup says nothing
+    assert capsys.readouterr().out == ""
 
 
 def test_generated_split_without_mat_is_deterministic_and_stratified(tree, tmp_path):
     root = _copy(tree, tmp_path, splits=False)
-    with pytest.warns(UserWarning, match="datasplits.mat unavailable.*generated"):
-        first = _dm(root)
-        first.setup()
-    with pytest.warns(UserWarning):
-        again = _dm(root)
-        again.setup()
+    first, again = _dm(root), _dm(root)
+    first.setup()
+    again.setup()
     assert first.split_numbers == again.split_numbers
-    assert first.split_source == "generated: stratified by class 50/25/25, split 1 (rng seed 1)"
+    assert first.split_numbers == generated_split(trimap_numbers(3, 8, 2), 1)
+    assert first.split_source == GENERATED_OFFLINE
     numbers = list(range(1, 81)) + list(range(161, 201))  # classes 0 (80 images) and 2 (40)
     split = generated_split(numbers, seed=5)
     for c, m in ((0, 80), (2, 40)):
         counts = [sum(1 for n in split[s] if (n - 1) // 80 == c) for s in ("train", "val", "test")]
         assert counts == [m // 2, m // 4, m // 4]
+    odd = generated_split(list(range(1, 8)), seed=0)  # 7 images of class 0: ceil(7/2) = 4, then 1 and 2
+    assert [len(odd[s]) for s in ("train", "val", "test")] == [4, 1, 2]
     assert sorted(sum(split.values(), [])) == numbers
     assert generated_split(numbers, seed=6) != split  # the rng seed (= --split) varies the split
     assert generated_split(numbers, seed=5) == split
@@ -97,23 +131,23 @@ def test_generated_split_without_mat_is_deterministic_and_stratified(tree, tmp_p
 def test_generated_split_depends_on_split_not_seed(tree, tmp_path):
     root = _copy(tree, tmp_path, splits=False)
     made = {}
-    with pytest.warns(UserWarning, match="generated"):
-        for seed, split in ((0, 1), (123, 1), (0, 2), (123, 2)):
-            dm = _dm(root, seed=seed, split=split)
-            dm.setup()
-            made[seed, split] = (dm.split_numbers, dm.split_info)
+    for seed, split in ((0, 1), (123, 1), (0, 2), (123, 2)):
+        dm = _dm(root, seed=seed, split=split)
+        dm.setup()
+        made[seed, split] = (dm.split_numbers, dm.split_info)
     assert made[0, 1] == made[123, 1] and made[0, 2] == made[123, 2]  # --seed changes nothing
     assert made[0, 1][0] != made[0, 2][0]  # --split does
     info1, info2 = made[0, 1][1], made[0, 2][1]
-    assert info1["source"] == "generated: stratified by class 50/25/25, split 1 (rng seed 1)"
+    assert info1["source"] == GENERATED_OFFLINE
     assert info1["hash"] == ox.split_hash(made[0, 1][0]) != info2["hash"]
-    assert len(info1["hash"]) == 16
 
 
-def test_split_info_of_the_mat(tree, ready):
-    assert ready.split_info == {"source": "datasplits.mat trn1/val1/tst1", "hash": ox.split_hash(ready.split_numbers)}
+def test_split_hash_is_sha256_of_the_sorted_lists(ready):
+    lists = {name: sorted(ready.split_numbers[name]) for name in ("train", "val", "test")}
+    expected = hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()[:16]
+    assert ox.split_hash(ready.split_numbers) == expected
     moved = {**ready.split_numbers, "val": ready.split_numbers["test"], "test": ready.split_numbers["val"]}
-    assert ox.split_hash(moved) != ready.split_info["hash"]  # the hash knows which list an image is in
+    assert ox.split_hash(moved) != expected  # the hash knows which list an image is in
 
 
 def test_overlapping_mat_is_a_data_error(tree, tmp_path):
@@ -169,7 +203,7 @@ def test_any_image_size_and_normalisation(tree):
 
 
 def test_loaders_shuffle_only_train(ready):
-    assert isinstance(ready.train_dataloader().sampler, RandomSampler)
+    assert isinstance(ready.train_dataloader().sampler, EpochShuffle)
     assert isinstance(ready.val_dataloader().sampler, SequentialSampler)
     assert isinstance(ready.test_dataloader().sampler, SequentialSampler)
 
@@ -189,43 +223,39 @@ def test_augment_flips_image_and_mask_together(tree):
         seen.add(flipped)
     assert seen == {True, False}
     assert not dm.val_set.flip and not dm.test_set.flip
-    assert dm.cache_features(lambda x: x, "cpu") is False
 
 
-def test_val_samples_are_the_first_val_items(ready):
-    images, masks, normalised = ready.val_samples(2)
-    again = ready.val_samples(2)
-    assert images.dtype == torch.uint8 and images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32)
-    assert torch.equal(images, again[0]) and torch.equal(normalised, again[2])
-    first_image, first_mask = ready.val_set[0]
-    assert torch.allclose(normalised[0], first_image) and torch.equal(masks[0], first_mask)
+def test_images_and_masks_of_each_split_as_decoded(tree, ready):
+    for name in ("train", "val", "test"):
+        images, masks = ready.images(name), ready.split_masks(name)
+        assert images.dtype == torch.uint8 and images.shape == (len(ready.split_numbers[name]), 3, 32, 32)
+        assert masks.dtype == torch.uint8 and masks.shape == (len(ready.split_numbers[name]), 32, 32)
+        number = ready.split_numbers[name][0]
+        with Image.open(tree / "jpg" / f"image_{number:04d}.jpg") as im:
+            assert torch.equal(images[0], preprocess(np.asarray(im.convert("RGB")), 32))
 
 
-# ---------------------------------------------------------------- feature cache
-def test_cache_features_serves_features(tree):
-    dm = _dm(tree, batch_size=2)
-    dm.setup()
-    test_set = dm.test_set
-    calls = []
+def test_preprocess_is_a_bilinear_resize_and_normalise_scales_then_standardises():
+    flat = np.empty((5, 7, 3), np.uint8)
+    flat[...] = (10, 20, 30)  # a uniform image stays uniform at any size: channels first, values kept
+    out = preprocess(flat, 3)
+    assert out.dtype == torch.uint8 and out.shape == (3, 3, 3)
+    assert [out[c].unique().tolist() for c in range(3)] == [[10], [20], [30]]
+    rgb8 = np.zeros((2, 4, 3), np.uint8)
+    rgb8[:, 2:] = 200  # left half black, right half 200: (H, W) = (2, 4)
+    expected = np.asarray(Image.fromarray(rgb8).resize((2, 2), Image.BILINEAR)).transpose(2, 0, 1)
+    assert torch.equal(preprocess(rgb8, 2), torch.from_numpy(expected.copy()))  # Pillow's bilinear, antialiased
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(3, 1, 1)
+    y = normalise(x, (0.5, 0.1, 0.0), (0.5, 0.2, 2.0))
+    assert torch.allclose(y.flatten(), torch.tensor([(0 - 0.5) / 0.5, (0.2 - 0.1) / 0.2, 0.5]), atol=1e-6)
 
-    def pool(x):  # a stand-in trunk: (N,3,32,32) -> (N,3,4,4)
-        calls.append(len(x))
-        return torch.nn.functional.avg_pool2d(x, 8)
 
-    assert dm.cache_features(pool, "cpu", batch_size=4, identity={"trunk": "pool"})
-    assert sum(calls) == 6 + 3 and max(calls) <= 4
-    assert isinstance(dm.train_set, FeatureDataset) and dm.test_set is test_set
-    features, mask = dm.train_set[0]
-    assert features.dtype == torch.float32 and features.shape == (3, 4, 4) and mask.dtype == torch.long
-    expected = torch.nn.functional.avg_pool2d(dm._pairs["train"].normalise(dm._pairs["train"].images[:1]), 8)[0]
-    assert torch.allclose(features, expected, atol=1e-6)
-    assert dm.feature_cache_bytes == 9 * 3 * 4 * 4 * 4  # 9 images, float32
-    assert dm.feature_cache_location == "memory, float32, device cpu"
-    batch = next(iter(dm.val_dataloader()))
-    assert batch[0].shape == (2, 3, 4, 4) and batch[1].shape == (2, 32, 32)
-    dm.setup()  # idempotent: the cache stays
-    assert isinstance(dm.train_set, FeatureDataset)
-    assert dm.cache_features(pool, "cpu", identity={"trunk": "pool"}) and sum(calls) == 9  # same identity: kept
+def test_val_sample_indices_spread_over_the_classes(ready):
+    classes = [ox.class_of(n) for n in ready.split_numbers["val"]]
+    assert classes == [0, 1, 2]  # one val image with a trimap per class in the fixture
+    assert ready.val_sample_indices(1) == [0] and ready.val_sample_indices(2) == [0, 1]
+    assert ready.val_sample_indices(3) == [0, 1, 2]
+    assert ready.val_sample_indices(5) == [0, 1, 2]
 
 
 # ---------------------------------------------------------------- files: errors, download, extraction
@@ -245,11 +275,24 @@ def test_missing_or_unreadable_files_are_named(tree, tmp_path):
 
 
 def test_offline_without_images_names_archive_url_and_folder(tmp_path):
+    data_dir = tmp_path / "typo" / "empty"
     with pytest.raises(DataError) as info:
-        _dm(tmp_path / "empty").prepare_data()
+        _dm(data_dir).prepare_data()
     message = str(info.value)
-    for part in ("17flowers.tgz", ox.URL + "17flowers.tgz", "trimaps.tgz", str(tmp_path / "empty")):
+    for part in ("17flowers.tgz", ox.URL + "17flowers.tgz", "trimaps.tgz", str(data_dir)):
         assert part in message
+    assert "\n" not in message and not (tmp_path / "typo").exists()
+
+
+def test_failed_download_into_a_mistyped_folder_leaves_no_folder(tmp_path):
+    data_dir = tmp_path / "typo" / "datasets" / "oxford17"
+    dm = Oxford17(data_dir, base_url=(tmp_path / "no-server").as_uri(), cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError) as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert message.startswith("Oxford17 is missing 17flowers.tgz (") and "download failed" in message
+    assert str(data_dir.absolute()) in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no typo/, no cache folder
 
 
 def test_download_and_extract_from_file_url(tmp_path):
@@ -284,11 +327,14 @@ def test_local_archives_in_read_only_dir_extract_to_cache(tmp_path, monkeypatch)
     monkeypatch.setattr(download, "is_writable", lambda folder: Path(folder).resolve() != server.resolve()
                         and real_writable(folder))
     dm = _dm(server, cache_dir=tmp_path / "cache")
-    with pytest.warns(UserWarning, match="datasplits.mat unavailable"):
+    with pytest.warns(UserWarning, match="readonly is not writable; downloading / extracting the Oxford17 files "
+                                         "in the cache folder"):
         dm.setup()
     assert dm.jpg_dir == tmp_path / "cache" / "jpg" and not (server / "jpg").exists()
+    assert sorted(p.name for p in server.iterdir()) == ["17flowers.tgz", "trimaps.tgz"]  # nothing written there
     assert dm.source["jpg"]["origin"] == f"found {server / '17flowers.tgz'}"
-    assert "missing" in dm.source["datasplits.mat"] and dm.split_source.startswith("generated")
+    assert dm.source["datasplits.mat"]["missing"] == "not found and download=False"
+    assert dm.split_source == GENERATED_OFFLINE
     again = _dm(server, cache_dir=tmp_path / "cache")
     again.prepare_data()  # the earlier extraction is found in the cache
     assert again.source["jpg"]["origin"] == f"folder {tmp_path / 'cache' / 'jpg'}"
@@ -309,33 +355,40 @@ def test_bad_arguments_are_usage_errors(tmp_path):
 
 # ---------------------------------------------------------------- the real copy
 @pytest.mark.integration
-def test_real_oxford17_counts_masks_and_splits():
-    if not (REAL / "trimaps").is_dir():
-        pytest.skip(f"real data not found at {REAL}")
-    dm = Oxford17(REAL, image_size=224, download=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dm.setup()
-    generated = [w for w in caught if "datasplits.mat unavailable" in str(w.message)]
-    if (REAL / "datasplits.mat").is_file():  # the official release: its trn1/val1/tst1
-        assert dm.split_source == "datasplits.mat trn1/val1/tst1" and not generated
-    else:  # a copy without it (as on this machine): a generated split, said so once
-        assert dm.split_source.startswith("generated") and len(generated) == 1
-    assert dm.split_info["source"] == dm.split_source
-    counts = {name: len(v) for name, v in dm.split_numbers.items()}
-    pairs = sorted(int(p.stem[6:]) for p in (REAL / "trimaps").glob("image_*.png")
-                   if (REAL / "jpg" / f"{p.stem}.jpg").is_file())
-    assert len(pairs) > 800  # 846 in this copy, 848 in the official release
-    sets = [set(v) for v in dm.split_numbers.values()]
-    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
-    assert counts["train"] > counts["val"] > 0 and counts["test"] > 0
-    if not (REAL / "datasplits.mat").is_file():  # generated: every pair, once
-        assert sorted(set.union(*sets)) == pairs
-    else:  # the mat's lists, restricted to the pairs
-        assert set.union(*sets) <= set(pairs)
-    masks = torch.cat([dm._pairs[name].masks for name in ("train", "val", "test")])
-    assert masks.shape == (sum(counts.values()), 224, 224)
-    assert set(masks.unique().tolist()) == {0, 1, 255}
-    share = (masks == 1).float().mean(dim=(1, 2))
-    assert share.min() > 0.01 and share.max() < 0.75
-    assert 0.2 < share.mean() < 0.35  # the README: 27.4% on average
+def test_real_oxford17_counts_masks_and_splits(shared_oxford17, capsys):
+    """The copy in ../shared/data/oxford17 (its README: 846 image/trimap pairs, 256x256, no datasplits.mat;
+    the flower covers 27.4% of a label map on average, 1.6% at least, 73.1% at most)."""
+    assert not (shared_oxford17 / "datasplits.mat").exists()
+    dm = Oxford17(shared_oxford17, image_size=256, download=False)
+    dm.setup()
+    # counted here from the file names: pairs per class, then the documented rule ceil(m/2) / half the rest
+    pairs = sorted(int(p.stem[6:]) for p in (shared_oxford17 / "trimaps").glob("image_*.png")
+                   if (shared_oxford17 / "jpg" / f"{p.stem}.jpg").is_file())
+    per_class = {}
+    for n in pairs:
+        per_class[(n - 1) // 80] = per_class.get((n - 1) // 80, 0) + 1
+    rule = {c: ((m + 1) // 2, (m - (m + 1) // 2) // 2) for c, m in per_class.items()}  # (train, val) per class
+    rule = {c: {"train": t, "val": v, "test": per_class[c] - t - v} for c, (t, v) in rule.items()}
+    total = {name: sum(r[name] for r in rule.values()) for name in ("train", "val", "test")}
+    assert (len(pairs), len(per_class), total) == (846, 16, {"train": 428, "val": 205, "test": 213})
+    assert {name: len(v) for name, v in dm.split_numbers.items()} == total
+    assert capsys.readouterr().out == (f"Oxford17 split 1: {GENERATED_OFFLINE}; 428 train / 205 val / 213 test "
+                                       f"images\n")
+    assert sorted(n for v in dm.split_numbers.values() for n in v) == pairs  # every pair, once
+    for name, members in dm.split_numbers.items():
+        assert {c: sum(1 for n in members if (n - 1) // 80 == c) for c in rule} == {c: r[name] for c, r in rule.items()}
+    # masks decoded here without the module: 256x256 already, so no resize; flower (128, 0, 0) -> 1, black -> 255
+    masks = torch.cat([dm.split_masks(name) for name in ("train", "val", "test")])
+    order = [n for name in ("train", "val", "test") for n in dm.split_numbers[name]]
+    assert masks.shape == (846, 256, 256)
+    flower = np.zeros(846)
+    for i, n in enumerate(order):
+        rgb = np.asarray(Image.open(shared_oxford17 / "trimaps" / f"image_{n:04d}.png").convert("RGB")).astype(int)
+        code = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+        expected = np.where(code == 128 * 65536, 1, np.where(code == 0, 255, 0))
+        assert np.array_equal(masks[i].numpy(), expected), n
+        flower[i] = (code == 128 * 65536).mean()
+    shares = (masks == 1).double().mean(dim=(1, 2)).numpy()
+    assert np.array_equal(shares, flower)
+    assert (round(100 * shares.mean(), 1), round(100 * shares.min(), 1), round(100 * shares.max(), 1)) == \
+        (27.4, 1.6, 73.1)

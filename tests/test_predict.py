@@ -1,14 +1,16 @@
 """--predict: use a trained model on your own images (colorization.py and segmentation.py).
 
-One checkpoint per task is trained for one epoch on the fixtures (in process, through the CLI's
-main); predictions run through the CLI's main too, and once in a subprocess for the exit code and
-stderr of a partly failing call. The decoding limits themselves are tested in test_decode.py.
+One run per task is trained for one epoch on the fixtures, once per test session (`trained`, which
+tests/test_export.py and tests/test_demo.py use too). The colours and masks written are compared with a
+second, plain implementation in this file (numpy padding, a net built from the checkpoint's tensors,
+Pillow's resizing), pixel for pixel. Prediction runs through the CLI's main, and once in a subprocess
+for the exit code, stderr and the progress bar of a folder with a corrupt file.
 """
 import json
-import os
+import shutil
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,71 +19,192 @@ from PIL import Image
 
 import colorization
 import segmentation
-from training.checkpoints import STAMP
-from training.runs import find_checkpoint
+from errors import UserError
+from inference.checkpoints import find_checkpoint
+from inference.cli import BAR_FROM, IMAGE_EXTENSIONS, expand_inputs
 from inference.images import crop_to, load_image, pad_to_multiple
+from models.registry import MODELS
+from tests.clirun import error_lines, run_main
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
-from errors import UserError
 
-ODD_SIZES = {"rgb": (37, 23), "rgba": (50, 61), "grey": (3, 5), "grey16": (37, 23), "palette": (29, 30)}
-
-
-def _train(main, argv):
-    """Train in process through the CLI's main."""
-    assert main(argv) == 0
+FLOWER_SIZE = 64  # image size of the segmentation run
+TEMPERATURE = 0.38  # color/palette.py DEFAULT_TEMPERATURE, the paper's
 
 
-@pytest.fixture(scope="module")
-def colour_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colour")
-    write_cifar_folder(root / "cifar", n_per_batch=8, horse_every=2)
-    _train(colorization.main, ["UNet", "--epochs", "1", "--batch-size", "8", "--num-filters", "8",
-                               "--data-dir", str(root / "cifar"), "--accelerator", "cpu",
-                               "--results-dir", str(root / "results"), "--logs-dir", str(root / "logs")])
-    return root
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    """Small images of odd sizes and every mode the issue names, plus bad inputs."""
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-
-    def pixels(name, channels):
-        w, h = ODD_SIZES[name]
-        return rng.integers(0, 256, (h, w, channels) if channels else (h, w), dtype=np.uint8)
-
-    Image.fromarray(pixels("rgb", 3)).save(folder / "rgb.jpg", quality=95)
-    Image.fromarray(pixels("rgba", 4), "RGBA").save(folder / "rgba.png")
-    Image.fromarray(pixels("grey", 0), "L").save(folder / "grey.png")
-    w, h = ODD_SIZES["grey16"]
-    Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16)).save(folder / "grey16.png")
-    Image.fromarray(pixels("palette", 3)).convert("P").save(folder / "palette.gif")
-    (folder / "not-an-image.png").write_text("this is text, not a PNG")
-    (folder / "a-folder").mkdir()
-    return folder
-
-
-def good_images(folder):
-    return [folder / n for n in ("rgb.jpg", "rgba.png", "grey.png", "grey16.png", "palette.gif")]
-
+# ---------------------------------------------------------------- trained runs (shared by three test files)
 
 def dirs(root):
     return ["--results-dir", str(root / "results"), "--logs-dir", str(root / "logs")]
 
 
+def calibrate_batchnorm(model, size, seed=0):
+    """Set every BatchNorm's running statistics to those of one batch of random images of `size`; eval mode."""
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average: the statistics of the one batch below
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed)))
+    return model.eval()
+
+
+def write_calibrated_trunk(torch_home, backbone="mobilenet_v3_large"):
+    """A stand-in for the COCO weights file of `backbone` in `torch_home` (as models/standin_weights.py
+    writes one), random but usable: its BatchNorm statistics are those of random images, so features are
+    of order 1 and vary from pixel to pixel. (With the default statistics a random MobileNet's features
+    are ~1e-11: every mask would be the bias's one class, and a test comparing masks could not fail.)"""
+    from models.deeplabv3 import BACKBONES, STANDIN_SUFFIX
+    from models.standin_weights import standin_path
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BACKBONES[backbone][0](weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
+        calibrate_batchnorm(model, FLOWER_SIZE)
+    path = standin_path(backbone, torch_home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    Path(str(path) + STANDIN_SUFFIX).write_text("stand-in: random values, BatchNorm calibrated on random images\n")
+    return path
+
+
+def trained(kind, tmp_path_factory):
+    """The folder of a finished one-epoch run of `kind` ("colour": UNet with 8 filters; "flowers": DeepLabV3
+    MobileNet with the trunk of `write_calibrated_trunk` in <folder>/torch, 64 px), with results/ and logs/;
+    trained once per session. The flower run's trunk is found only with TORCH_HOME=<folder>/torch."""
+    root = tmp_path_factory.getbasetemp() / f"trained-{kind}"
+    if (root / "done").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    if kind == "colour":
+        write_cifar_folder(root / "cifar", n_per_batch=8, horse_every=2)
+        argv = ["UNet", "--epochs", "1", "--batch-size", "8", "--num-filters", "8", "--no-compile",
+                "--data-dir", root / "cifar", "--accelerator", "cpu", "--no-progress-bar", *dirs(root)]
+        code, _, _ = run_main(colorization.main, argv)
+    else:
+        write_oxford17(root / "oxford17", n_classes=2, per_class=4)
+        write_calibrated_trunk(root / "torch")
+        argv = ["--loss", "ce", "--backbone", "mobilenet_v3_large", "--image-size", str(FLOWER_SIZE),
+                "--batch-size", "4", "--epochs", "1", "--accelerator", "cpu", "--no-progress-bar",
+                "--data-dir", root / "oxford17", *dirs(root)]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("TORCH_HOME", str(root / "torch"))
+            code, _, _ = run_main(segmentation.main, argv)
+    assert code == 0
+    (root / "done").write_text("")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    return trained("colour", tmp_path_factory)
+
+
+@pytest.fixture
+def flower_run(tmp_path_factory, monkeypatch):
+    root = trained("flowers", tmp_path_factory)
+    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
+    return root
+
+
+def checkpoint_of(root, task, which):
+    return find_checkpoint(which, task, root / "results", root / "logs", {"model": "UNet"} if task ==
+                           "colorization" else None)[0]
+
+
 def run_cli(script, *args):
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
+
+
+# ---------------------------------------------------------------- the second implementation
+
+def colour_net(path):
+    """(net, palette float32 (K, 3)) rebuilt from a checkpoint's tensors alone."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hp = checkpoint["hyper_parameters"]
+    net = MODELS[hp["model"]](kernel=hp["kernel"], num_in_channels=1, num_filters=hp["num_filters"],
+                              num_colours=len(hp["palette"]))
+    net.load_state_dict({k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")})
+    return net.eval(), np.asarray(hp["palette"], dtype=np.float32)
+
+
+def expected_colour(path, grey, method="argmax"):
+    """uint8 (H, W, 3): grey float32 (H, W) edge-padded to multiples of 4 with numpy, through the net, cropped,
+    decoded by argmax or the annealed mean (softmax(logits / T) times the palette), scaled to 0..255."""
+    net, palette = colour_net(path)
+    h, w = grey.shape
+    padded = np.pad(grey, ((0, -h % 4), (0, -w % 4)), mode="edge")
+    with torch.no_grad():
+        logits = net(torch.from_numpy(padded)[None, None])[0, :, :h, :w].numpy()
+    if method == "argmax":
+        rgb = palette[logits.argmax(axis=0)]
+    else:
+        z = logits / np.float32(TEMPERATURE)
+        p = np.exp(z - z.max(axis=0))
+        rgb = np.einsum("khw,kc->hwc", p / p.sum(axis=0), palette)
+    return np.rint(np.clip(rgb, 0, 1) * np.float32(255)).astype(np.uint8)
+
+
+def grey_of(rgb8):
+    """(R + G + B) / 765 in float32, the training inputs' greyscale."""
+    return rgb8.astype(np.int64).sum(axis=-1).astype(np.float32) / np.float32(765)
+
+
+def read(path):
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+# ---------------------------------------------------------------- images of every kind, their expected pixels
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """{name: (file, expected greyscale float32 (H, W), expected 8-bit RGB (H, W, 3))}: odd sizes, every mode
+    the loader handles, the expected values worked out here from the pixels written."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    out = {}
+
+    rgb = rng.integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(folder / "rgb.png")
+    out["rgb"] = (folder / "rgb.png", grey_of(rgb), rgb)
+
+    rgba = rng.integers(0, 256, (61, 50, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    alpha = rgba[..., 3:].astype(np.float32) / 255
+    over_white = np.rint(rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    out["rgba"] = (folder / "rgba.png", grey_of(over_white), over_white)
+
+    grey = rng.integers(0, 256, (5, 3), dtype=np.uint8)
+    Image.fromarray(grey, "L").save(folder / "grey.png")
+    out["grey"] = (folder / "grey.png", grey.astype(np.float32) * 3 / np.float32(765), np.repeat(grey[..., None], 3, 2))
+
+    grey16 = rng.integers(0, 65536, (23, 37)).astype(np.uint16)
+    Image.fromarray(grey16).save(folder / "grey16.png")
+    eight = np.rint(grey16 * (255 / 65535)).astype(np.uint8)
+    out["grey16"] = (folder / "grey16.png", grey16.astype(np.float32) * 3 / np.float32(3 * 65535),
+                     np.repeat(eight[..., None], 3, 2))
+
+    colours = rng.integers(0, 256, (16, 3), dtype=np.uint8)
+    index = rng.integers(0, 16, (30, 29), dtype=np.uint8)
+    palette_image = Image.fromarray(index, "P")
+    palette_image.putpalette(colours.reshape(-1).tolist())
+    palette_image.save(folder / "palette.gif")
+    out["palette"] = (folder / "palette.gif", grey_of(colours[index]), colours[index])
+
+    Image.fromarray(rgb).save(folder / "photo.jpg", quality=90)
+    with Image.open(folder / "photo.jpg") as im:  # lossy: the decoded pixels are the truth
+        decoded = np.asarray(im.convert("RGB"))
+    out["photo"] = (folder / "photo.jpg", grey_of(decoded), decoded)
+    return out
 
 
 # ---------------------------------------------------------------- reading images
 
 def test_grey_is_computed_exactly_as_for_training(tmp_path):
-    from data.cifar import TRAIN_BATCHES, horses
     from color.palette import load_palette
+    from data.cifar import TRAIN_BATCHES, horses
 
     folder = write_cifar_folder(tmp_path, n_per_batch=4, horse_every=2)
     grey, _, rgb = horses(folder, TRAIN_BATCHES[:1], load_palette())
@@ -89,278 +212,409 @@ def test_grey_is_computed_exactly_as_for_training(tmp_path):
     assert torch.equal(load_image(tmp_path / "horse.png").grey(), grey[0])  # bit for bit
 
 
-def test_modes_become_rgb_and_grey(images, tmp_path):
-    rgba = np.zeros((2, 3, 4), np.uint8)
-    rgba[0, 0] = (10, 20, 30, 0)  # fully transparent: composited over white
+def test_every_mode_gives_the_pixels_worked_out_by_hand(images):
+    assert len(images) == 6
+    for name, (path, grey, rgb8) in images.items():
+        image = load_image(path)
+        h, w = grey.shape
+        assert image.size == (w, h), name
+        np.testing.assert_array_equal(image.rgb8(), rgb8, err_msg=name)
+        np.testing.assert_allclose(image.grey()[0].numpy(), grey, rtol=0, atol=1e-7, err_msg=name)
+    rgba = np.zeros((1, 2, 4), np.uint8)
+    rgba[0, 0] = (10, 20, 30, 0)  # hidden colour under alpha 0 must not leak
     rgba[0, 1] = (10, 20, 30, 255)
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
-    loaded = load_image(tmp_path / "alpha.png")
-    assert loaded.rgb8()[0, 0].tolist() == [255, 255, 255] and loaded.rgb8()[0, 1].tolist() == [10, 20, 30]
+    Image.fromarray(rgba, "RGBA").save(images["rgb"][0].parent / "alpha.png")
+    assert load_image(images["rgb"][0].parent / "alpha.png").rgb8().tolist() == [[[255, 255, 255], [10, 20, 30]]]
+    values = np.array([[0, 257, 32768, 65535]], np.uint16)  # 16 bits are kept, not clipped at 255
+    Image.fromarray(values).save(images["rgb"][0].parent / "sixteen.png")
+    assert load_image(images["rgb"][0].parent / "sixteen.png").grey()[0, 0].tolist() == pytest.approx(
+        [0, 257 / 65535, 32768 / 65535, 1], abs=1e-7)
 
-    values = np.array([[0, 257, 32768, 65535]], np.uint16)
-    Image.fromarray(values).save(tmp_path / "sixteen.png")
-    grey16 = load_image(tmp_path / "sixteen.png")
-    assert grey16.mode.startswith("I")
-    assert torch.allclose(grey16.grey()[0, 0], torch.tensor([0, 257, 32768, 65535]) / 65535.0)  # not clipped at 255
 
-    for name, (w, h) in ODD_SIZES.items():
-        image = load_image(next(images.glob(f"{name}.*")))
-        assert image.size == (w, h) and image.rgb().shape == (3, h, w) and image.grey().shape == (1, h, w)
-        assert 0 <= image.grey().min() and image.grey().max() <= 1
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    image.save(tmp_path / "camera.png", exif=exif)
+    loaded = load_image(tmp_path / "camera.png")
+    assert loaded.size == (6, 10)
+    np.testing.assert_array_equal(loaded.rgb8(), np.rot90(pixels, k=-1))
 
 
 def test_padding_to_a_multiple_of_four_crops_back():
     for h, w in [(1, 1), (2, 7), (5, 3), (23, 37), (8, 12)]:
         x = torch.rand(1, 1, h, w)
         padded, size = pad_to_multiple(x)
-        assert padded.shape[-2] % 4 == 0 and padded.shape[-1] % 4 == 0
-        assert padded.shape[-2] - h < 4 and padded.shape[-1] - w < 4
+        assert padded.shape[-2:] == (h + (-h % 4), w + (-w % 4))
+        np.testing.assert_array_equal(padded[0, 0].numpy(), np.pad(x[0, 0].numpy(), ((0, -h % 4), (0, -w % 4)),
+                                                                     mode="edge"))
         assert torch.equal(crop_to(padded, size), x)
-        assert torch.equal(padded[..., -1, -1], x[..., -1, -1])  # edge pixels repeated, not zeros
 
 
-def test_bad_image_files_are_one_clear_error(images):
-    for path, words in [(images / "missing.jpg", "not found"), (images / "not-an-image.png", "not an image"),
-                        (images / "a-folder", "folder")]:
+def test_bad_image_files_are_one_clear_error(tmp_path):
+    (tmp_path / "text.png").write_text("this is text, not a PNG")
+    (tmp_path / "a-folder").mkdir()
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8) + 99).save(good)
+    (tmp_path / "half.jpg").write_bytes(good.read_bytes()[:200])
+    for name, words in [("missing.jpg", "not found"), ("text.png", "not an image"), ("a-folder", "is a folder"),
+                        ("half.jpg", "truncated")]:
         with pytest.raises(UserError, match=words) as info:
-            load_image(path)
-        assert str(path) in str(info.value) and "\n" not in str(info.value)
+            load_image(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- which files: folders, globs, names
+
+def touch(root, *names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+
+
+def test_folders_are_searched_recursively_for_image_files(tmp_path):
+    touch(tmp_path, "a.jpg", "B.JPEG", "notes.txt", "noext", "sub/c.png", "sub/deep/d.webp", "sub/deep/e.TIF",
+          ".hidden.png", "sub/._f.jpg", ".cache/g.png")
+    found, missing = expand_inputs([str(tmp_path)])
+    assert missing == []
+    assert found == [(tmp_path / "B.JPEG", Path("B")), (tmp_path / "a.jpg", Path("a")),
+                     (tmp_path / "sub/c.png", Path("sub/c")), (tmp_path / "sub/deep/d.webp", Path("sub/deep/d")),
+                     (tmp_path / "sub/deep/e.TIF", Path("sub/deep/e"))]
+    touch(tmp_path, "empty/readme.md")
+    assert expand_inputs([str(tmp_path / "empty")])[1] == [
+        (str(tmp_path / "empty"), f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {tmp_path / 'empty'}")]
+
+
+def test_globs_keep_the_path_below_their_fixed_part(tmp_path):
+    touch(tmp_path, "x/a.png", "x/b.jpg", "x/y/c.png", "x/y/z/d.png")
+    assert expand_inputs([f"{tmp_path}/x/*.png"])[0] == [(tmp_path / "x/a.png", Path("a"))]
+    assert expand_inputs([f"{tmp_path}/x/**/*.png"])[0] == [
+        (tmp_path / "x/a.png", Path("a")), (tmp_path / "x/y/c.png", Path("y/c")), (tmp_path / "x/y/z/d.png",
+                                                                                 Path("y/z/d"))]
+    assert expand_inputs([f"{tmp_path}/x/*/c.png"])[0] == [(tmp_path / "x/y/c.png", Path("y/c"))]
+    assert expand_inputs([f"{tmp_path}/x/*.gif"]) == ([], [(f"{tmp_path}/x/*.gif", "the pattern matches no file")])
+    # files one by one go to the top of the output folder; a missing one is reported when it is read
+    assert expand_inputs([str(tmp_path / "x/y/z/d.png"), str(tmp_path / "gone.png")])[0] == [
+        (tmp_path / "x/y/z/d.png", Path("d")), (tmp_path / "gone.png", Path("gone"))]
+
+
+def test_outputs_of_the_same_name_are_numbered(colour_run, tmp_path):
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((8, 8, 3), 50 if folder == "one" else 200, np.uint8)).save(tmp_path / folder / "x.png")
+    code, _, _ = run_main(colorization.main, ["--predict", tmp_path / "one", tmp_path / "two/x.png", "--out",
+                                              tmp_path / "out", *dirs(colour_run)])
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["predictions.png", "x-2_colour.png",
+                                                                        "x_colour.png"]
+    best = checkpoint_of(colour_run, "colorization", "best")
+    for name, value in (("x", 50), ("x-2", 200)):
+        np.testing.assert_array_equal(read(tmp_path / "out" / f"{name}_colour.png"),
+                                      expected_colour(best, np.full((8, 8), np.float32(3 * value) / 765)))
 
 
 # ---------------------------------------------------------------- colorization
 
-def test_colorize_images_of_any_size_and_mode(colour_run, images, capsys):
-    assert colorization.main(["UNet", "--predict", *map(str, good_images(images)), *dirs(colour_run)]) == 0
-    out = next((colour_run / "results" / "colorization" / "predict").iterdir())
-    for name, size in ODD_SIZES.items():
-        with Image.open(out / f"{name}_colour.png") as im:
-            assert im.mode == "RGB" and im.size == size, name
-    with Image.open(out / "predictions.png") as im:
-        im.verify()
-    record = json.loads((out / "predictions.json").read_text())
+def test_colours_are_the_models_for_every_mode_and_size(colour_run, images, tmp_path, capsys):
+    files = [path for path, _, _ in images.values()]
+    code, out, err = run_main(colorization.main, ["UNet", "--predict", *files, "--out", tmp_path, *dirs(colour_run)],
+                              capsys)
+    assert code == 0, err
+    best = checkpoint_of(colour_run, "colorization", "best")
+    distinct = set()
+    for name, (path, grey, _) in images.items():
+        written = read(tmp_path / f"{path.stem}_colour.png")
+        np.testing.assert_array_equal(written, expected_colour(best, grey), err_msg=name)
+        distinct |= {tuple(c) for c in written.reshape(-1, 3)}
+    assert len(distinct) >= 3  # the comparison sees more than one flat colour
+    assert sum(line.endswith("_colour.png") for line in out.splitlines()) == len(images)  # a line per image
+    record = json.loads((tmp_path / "predictions.json").read_text())
     assert record["model"] == "UNet" and record["decode"] == "argmax" and record["failed"] == []
-    assert "best-" in record["checkpoint"] and record["palette"] == "stored in the checkpoint"
-    assert len(record["images"]) == 5 and "_colour.png" in capsys.readouterr().out
+    assert record["checkpoint"] == str(best) and record["checkpoint_choice"].startswith("best of run ")
+    assert record["palette"] == torch.load(best, weights_only=True)["hyper_parameters"]["palette"]
+    assert [entry["size"] for entry in record["images"]] == [list(g.shape[::-1]) for _, g, _ in images.values()]
+    with Image.open(tmp_path / "predictions.png") as im:
+        im.verify()
 
 
-def test_checkpoint_stores_the_training_palette(colour_run):
-    from color.palette import load_palette
-
-    path = find_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet")[0]
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    assert checkpoint[STAMP]["task"] == "colorization"
-    assert torch.equal(torch.tensor(checkpoint["palette"]), load_palette())
-
-
-def test_old_checkpoints_without_a_palette_use_their_runs_or_the_given_one(colour_run, tmp_path):
-    from color.palette import load_palette
-    from inference.colorize import checkpoint_palette
-
-    path = find_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet")[0]
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    assert checkpoint_palette(checkpoint, path, colour_run / "results")[1] == "stored in the checkpoint"
-    del checkpoint["palette"]
-    palette, source = checkpoint_palette(checkpoint, path, colour_run / "results")
-    assert torch.equal(palette, load_palette()) and "summary.json" in source  # the run's summary says "default"
-    custom = load_palette().flip(0).numpy()
-    np.save(tmp_path / "custom.npy", custom)
-    palette, source = checkpoint_palette(checkpoint, path, colour_run / "results", tmp_path / "custom.npy")
-    assert torch.equal(palette, torch.from_numpy(custom)) and "--palette" in source
-    with pytest.warns(UserWarning, match="shipped palette"):
-        checkpoint_palette(checkpoint, path, tmp_path / "no-results")
+def test_annealed_decoding_is_the_annealed_mean(colour_run, images, tmp_path):
+    path, grey, _ = images["rgb"]
+    code, _, _ = run_main(colorization.main, ["--predict", path, "--decode", "annealed", "--out", tmp_path,
+                                              *dirs(colour_run)])
+    assert code == 0
+    written = read(tmp_path / "rgb_colour.png").astype(int)
+    best = checkpoint_of(colour_run, "colorization", "best")
+    want = expected_colour(best, grey, "annealed").astype(int)
+    assert np.abs(written - want).max() <= 1 and (written == want).mean() > 0.99  # float32 sums in another order
+    assert np.abs(written - expected_colour(best, grey, "argmax")).mean() > 1  # not argmax
+    record = json.loads((tmp_path / "predictions.json").read_text())
+    assert record["decode"] == "annealed" and record["temperature"] == TEMPERATURE
 
 
-def test_annealed_decoding_differs_from_argmax_and_is_written(colour_run, images, tmp_path):
-    image = images / "rgb.jpg"
-    for method in ("argmax", "annealed"):
-        extra = ["--temperature", "0.5"] if method == "annealed" else []
-        assert colorization.main(["UNet", "--predict", str(image), "--decode", method, *extra,
-                                  "--out", str(tmp_path / method), *dirs(colour_run)]) == 0
-    argmax, annealed = (np.asarray(Image.open(tmp_path / m / "rgb_colour.png")) for m in ("argmax", "annealed"))
-    assert argmax.shape == annealed.shape == (23, 37, 3)
-    assert np.abs(argmax.astype(int) - annealed).mean() > 1
-    record = json.loads((tmp_path / "annealed" / "predictions.json").read_text())
-    assert record["decode"] == "annealed" and record["temperature"] == 0.5
+def test_checkpoint_choice_best_last_or_a_file(colour_run, images, tmp_path):
+    path, grey, _ = images["rgb"]
+    logs = colour_run / "logs" / "colorization"
+    (run,) = [p.name for p in logs.iterdir()]
+    # a third checkpoint with other weights, to see that a PATH is what is used
+    checkpoint = torch.load(checkpoint_of(colour_run, "colorization", "last"), weights_only=True)
+    checkpoint["state_dict"] = {k: v.flip(0) if v.dim() == 4 else v for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, tmp_path / "other.ckpt")
+    expected = {"best": (logs / run / "checkpoints" / "best-epoch001.ckpt", f"best of run {run}"),
+                "last": (logs / run / "checkpoints" / "last.ckpt", f"last of run {run}"),
+                str(tmp_path / "other.ckpt"): (tmp_path / "other.ckpt", "given")}
+    for spec, (file, how) in expected.items():
+        out = tmp_path / f"out-{len(list(tmp_path.iterdir()))}"
+        code, _, _ = run_main(colorization.main, ["--predict", path, "--checkpoint", spec, "--out", out,
+                                                  *dirs(colour_run)])
+        assert code == 0
+        record = json.loads((out / "predictions.json").read_text())
+        assert (record["checkpoint"], record["checkpoint_choice"]) == (str(file), how)
+        np.testing.assert_array_equal(read(out / "rgb_colour.png"), expected_colour(file, grey))
+    assert not np.array_equal(expected_colour(tmp_path / "other.ckpt", grey),
+                              expected_colour(expected["best"][0], grey))
 
 
-def test_default_output_folder_is_new_every_call(colour_run, images):
-    predict = colour_run / "results" / "colorization" / "predict"
-    argv = ["UNet", "--predict", str(images / "grey.png"), "--checkpoint", "last", *dirs(colour_run)]
-    assert colorization.main(argv) == 0
-    before = {p: sorted(f.name for f in p.iterdir()) for p in predict.iterdir()}
-    stamps = {p: p.stat().st_mtime_ns for p in predict.rglob("*")}
-    assert colorization.main(argv) == 0
-    assert len(list(predict.iterdir())) == len(before) + 1
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+def test_a_fresh_clone_predicts_with_the_shipped_weights(colour_run, images, tmp_path):
+    """No logs/: the results folder holds only summary.json and model.pt of the run, as in the repository."""
+    (run,) = list((colour_run / "results" / "colorization").iterdir())
+    clone = tmp_path / "clone" / "results" / "colorization" / run.name
+    clone.mkdir(parents=True)
+    for name in ("summary.json", "model.pt"):
+        shutil.copy(run / name, clone / name)
+    path, grey, _ = images["photo"]
+    argv = ["--predict", path, "--results-dir", tmp_path / "clone" / "results", "--logs-dir", tmp_path / "no-logs"]
+    assert run_main(colorization.main, [*argv, "--out", tmp_path / "fresh"])[0] == 0
+    record = json.loads((tmp_path / "fresh" / "predictions.json").read_text())
+    assert record["checkpoint"] == str(clone / "model.pt") and record["checkpoint_choice"] == f"best of run {run.name}"
+    best = checkpoint_of(colour_run, "colorization", "best")
+    assert run_main(colorization.main, [*argv, "--checkpoint", best, "--out", tmp_path / "ckpt"])[0] == 0
+    fresh, ckpt = (tmp_path / name / "photo_colour.png" for name in ("fresh", "ckpt"))
+    assert fresh.read_bytes() == ckpt.read_bytes()
+    np.testing.assert_array_equal(read(tmp_path / "fresh" / "photo_colour.png"), expected_colour(best, grey))
+    assert torch.load(clone / "model.pt", weights_only=True).keys() >= {"state_dict", "hyper_parameters"}
 
 
-def test_partial_failure_exits_1_and_writes_the_good_images(colour_run, images, tmp_path):
-    bad = [images / "not-an-image.png", images / "missing.jpg", images / "a-folder"]
-    proc = run_cli("colorization.py", "UNet", "--predict", images / "rgb.jpg", *bad, images / "grey.png",
-                   "--out", tmp_path, *dirs(colour_run))
+def photo_folder(root, n_good=19):
+    """n_good small images in nested folders and one truncated JPEG: (folder, relative stems of the good ones,
+    the bad file)."""
+    rng = np.random.default_rng(2)
+    folder, stems = root / "photos", []
+    for i in range(n_good):
+        sub = ["", "holiday", "holiday/day2"][i % 3]
+        name = f"{sub}/img{i:02d}".lstrip("/")
+        ext = [".png", ".jpg", ".bmp"][i % 3]
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (9 + i, 14, 3), dtype=np.uint8)).save(folder / f"{name}{ext}")
+        stems.append(name)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / "whole.jpg")
+    bad = folder / "holiday" / "broken.jpg"
+    bad.write_bytes((root / "whole.jpg").read_bytes()[:300])
+    return folder, stems, bad
+
+
+def test_a_folder_with_a_corrupt_file_writes_the_others_and_names_it(colour_run, tmp_path):
+    folder, stems, bad = photo_folder(tmp_path)
+    assert len(stems) + 1 == 20 >= BAR_FROM
+    proc = run_cli("colorization.py", "--predict", folder, "--out", tmp_path / "out", *dirs(colour_run))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 4 and "3 of 5 images" in errors[-1]
-    for path, line in zip(bad, errors):
-        assert str(path) in line
-    assert (tmp_path / "rgb_colour.png").is_file() and (tmp_path / "grey_colour.png").is_file()
-    assert len(json.loads((tmp_path / "predictions.json").read_text())["failed"]) == 3
+    errors = error_lines(proc.stderr.replace("\r", "\n"))
+    assert len(errors) == 2
+    assert str(bad) in errors[0] and "truncated" in errors[0]
+    assert errors[1] == (f"error: 1 of 20 inputs could not be processed (see above); the other 19 were written to "
+                         f"{tmp_path / 'out'}")
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*_colour.png"))
+    assert written == sorted(f"{stem}_colour.png" for stem in stems)
+    assert "20/20" in proc.stderr and "images:" in proc.stderr  # the progress bar, not a line per image
+    assert "_colour.png" not in proc.stdout
+    record = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert len(record["images"]) == 19 and [f["input"] for f in record["failed"]] == [str(bad)]
+    best = checkpoint_of(colour_run, "colorization", "best")
+    image = load_image(folder / "holiday/day2/img05.bmp").rgb8()
+    np.testing.assert_array_equal(read(tmp_path / "out/holiday/day2/img05_colour.png"),
+                                  expected_colour(best, grey_of(image)))
 
 
-def test_checkpoint_of_another_model_or_task_is_refused(colour_run, images, capsys):
-    unet = find_checkpoint("last", "colorization", colour_run / "results", colour_run / "logs", "UNet")[0]
-    argv = ["--predict", str(images / "rgb.jpg"), "--checkpoint", str(unet), "--out", str(colour_run / "x")]
-    assert colorization.main(["PoolUpsampleNet", *argv]) == 1
-    assert "checkpoint of UNet, not of PoolUpsampleNet" in capsys.readouterr().err
-    assert segmentation.main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "a colorization checkpoint (UNet), but this is segmentation.py" in err[0]
-    assert not (colour_run / "x").exists()
+def test_a_glob_predicts_what_it_matches(colour_run, tmp_path, capsys):
+    folder, _, _ = photo_folder(tmp_path, n_good=6)
+    code, out, err = run_main(colorization.main, ["--predict", f"{folder}/**/*.png", f"{folder}/none/*.png",
+                                                  "--out", tmp_path / "out", *dirs(colour_run)], capsys)
+    assert code == 1
+    assert error_lines(err) == [f"error: {folder}/none/*.png: the pattern matches no file",
+                                f"error: 1 of 3 inputs could not be processed (see above); the other 2 were written "
+                                f"to {tmp_path / 'out'}"]
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*_colour.png")) == [
+        "img00_colour.png", "img03_colour.png"]
 
 
-def test_prediction_flags_need_predict(capsys):
-    with pytest.raises(SystemExit) as info:
-        colorization.parse_args(["UNet", "--checkpoint", "last"])
-    assert info.value.code == 2 and "--predict" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as info:
-        segmentation.main(["--epochs", "1"])  # training still needs --loss
-    assert info.value.code == 2 and "--loss" in capsys.readouterr().err
+def test_bad_inputs_are_one_line_each_and_the_rest_is_written(colour_run, images, tmp_path, capsys):
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "a-folder").mkdir()
+    bad = [tmp_path / "text.png", tmp_path / "missing.jpg", tmp_path / "a-folder"]
+    code, _, err = run_main(colorization.main, ["--predict", images["rgb"][0], *bad, images["grey"][0], "--out",
+                                                tmp_path / "out", *dirs(colour_run)], capsys)
+    assert code == 1
+    errors = error_lines(err)
+    assert len(errors) == 4 and len(err.strip().splitlines()) == 4
+    # a folder without images is known before any image is read; the others in the order given
+    for path, line, words in zip([bad[2], *bad[:2]], errors, ("no image files", "not an image", "not found")):
+        assert str(path) in line and words in line
+    assert "3 of 5 inputs" in errors[-1]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_colour.png")) == ["grey_colour.png", "rgb_colour.png"]
 
 
-# ---------------------------------------------------------------- checkpoint resolution
-
-def _fake_run(root, name, model, age, finished=True, task="colorization"):
-    logs = root / "logs" / task / name / "checkpoints"
-    logs.mkdir(parents=True)
-    for ckpt in ("best-epoch003.ckpt", "last.ckpt"):
-        (logs / ckpt).write_bytes(b"")
-    results = root / "results" / task / name
-    results.mkdir(parents=True)
-    if finished:
-        (results / "summary.json").write_text(json.dumps({"task": task, "model": model, "settings": {
-            "task": task, "hyperparameters": {"model": model}}}))
-        stamp = time.time() - age
-        os.utime(results / "summary.json", (stamp, stamp))
-    return logs
+def test_default_output_folder_is_new_every_call(colour_run, images, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(colour_run / "results", results)
+    argv = ["--predict", images["grey"][0], "--results-dir", results, "--logs-dir", colour_run / "logs"]
+    assert run_main(colorization.main, argv)[0] == 0
+    (first,) = (results / "colorization" / "predict").iterdir()
+    stamps = {p: p.stat().st_mtime_ns for p in first.rglob("*")}
+    assert run_main(colorization.main, argv)[0] == 0
+    assert len(list((results / "colorization" / "predict").iterdir())) == 2
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and len(stamps) == 3
 
 
-def test_best_and_last_come_from_the_newest_finished_run(tmp_path):
-    old_unet = _fake_run(tmp_path, "unet-old", "UNet", age=300)
-    new_unet = _fake_run(tmp_path, "unet-new", "UNet", age=200)
-    pool = _fake_run(tmp_path, "pool", "PoolUpsampleNet", age=100)
-    _fake_run(tmp_path, "unet-running", "UNet", age=0, finished=False)  # newest, but not finished
-    (tmp_path / "results" / "colorization" / "predict").mkdir()  # prediction folders are not runs
+def test_a_checkpoint_of_another_model_or_task_is_refused(colour_run, images, tmp_path, capsys):
+    unet = checkpoint_of(colour_run, "colorization", "last")
+    argv = ["--predict", images["rgb"][0], "--checkpoint", unet, "--out", tmp_path / "x"]
+    code, _, err = run_main(colorization.main, ["PoolUpsampleNet", *argv], capsys)
+    assert code == 1 and error_lines(err) == [
+        f"error: --checkpoint {unet}: a checkpoint of UNet, not of PoolUpsampleNet; run `python colorization.py "
+        f"UNet ...` or give a PoolUpsampleNet checkpoint"]
+    code, _, err = run_main(segmentation.main, argv, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: --checkpoint {unet}: a colorization checkpoint (UNet), but this is segmentation.py")
+    assert not (tmp_path / "x").exists()
 
-    def resolve(spec, model):
-        return find_checkpoint(spec, "colorization", tmp_path / "results", tmp_path / "logs", model)[0]
 
-    assert resolve("best", "UNet") == new_unet / "best-epoch003.ckpt"
-    assert resolve("last", "UNet") == new_unet / "last.ckpt"
-    assert resolve("last", "PoolUpsampleNet") == pool / "last.ckpt"
-    assert resolve("best", None) == pool / "best-epoch003.ckpt"  # any model when none is named
-    assert resolve(str(old_unet / "last.ckpt"), "UNet") == old_unet / "last.ckpt"
-    with pytest.raises(UserError, match="no finished colorization run of ConvTransposeNet"):
-        resolve("best", "ConvTransposeNet")
-    with pytest.raises(UserError, match="not found"):
-        resolve(str(tmp_path / "nope.ckpt"), "UNet")
+def test_prediction_needs_images_and_its_flags_need_predict(colour_run, capsys):
+    code, _, err = run_main(colorization.main, ["--predict", *dirs(colour_run)], capsys)
+    assert code == 2 and "--predict" in err
+    code, _, err = run_main(colorization.main, ["UNet", "--checkpoint", "last"], capsys)  # training has no such flag
+    assert code == 2 and "--checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- segmentation
-# Training DeepLabV3 even for one epoch on the fixture takes ~15 s on 2 shared cores: marked slow.
+# Training DeepLabV3 even for one epoch on the fixture takes ~40 s on 2 shared cores: marked slow.
 
-@pytest.fixture(scope="module")
-def flower_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("flowers")
-    write_oxford17(root / "oxford17", n_classes=2, per_class=4)
-    _train(segmentation.main, ["--loss", "ce", "--backbone", "mobilenet_v3_large", "--weights", "none",
-                               "--image-size", "64", "--batch-size", "4", "--epochs", "1", "--accelerator", "cpu",
-                               "--data-dir", str(root / "oxford17"), *dirs(root)])
-    return root
+def expected_mask(checkpoint, rgb8):
+    """0/1 uint8 (H, W): Pillow's bilinear resize to the run's size, / 255, normalised by hand, through a network
+    rebuilt with the checkpoint's head, argmax, Pillow's NEAREST resize back."""
+    from models.deeplabv3 import build_deeplabv3
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    hp = state["hyper_parameters"]
+    net = build_deeplabv3(hp["backbone"], weights=hp["weights"]).eval()
+    net.last_layer.weight.data.copy_(state["state_dict"]["model.model.classifier.4.weight"])
+    net.last_layer.bias.data.copy_(state["state_dict"]["model.model.classifier.4.bias"])
+    size = hp["image_size"]
+    small = np.asarray(Image.fromarray(rgb8).resize((size, size), Image.BILINEAR)).astype(np.float32) / 255
+    x = (small - np.float32(net.mean)) / np.float32(net.std)
+    with torch.no_grad():
+        pred = net(torch.from_numpy(x).permute(2, 0, 1)[None])[0].argmax(0).to(torch.uint8).numpy()
+    return np.asarray(Image.fromarray(pred).resize(rgb8.shape[1::-1], Image.NEAREST))
+
+
+@pytest.fixture
+def varied_flower_checkpoint(flower_run, tmp_path_factory):
+    """The run's checkpoint with a head of large random weights: masks with both classes, so that comparing
+    them pixel for pixel tells a misplaced pixel (the one-epoch head calls nearly everything one class)."""
+    checkpoint = torch.load(checkpoint_of(flower_run, "segmentation", "last"), weights_only=True)
+    weight = checkpoint["state_dict"]["model.model.classifier.4.weight"]
+    checkpoint["state_dict"]["model.model.classifier.4.weight"] = torch.randn(
+        weight.shape, generator=torch.Generator().manual_seed(0)) * 50
+    path = tmp_path_factory.getbasetemp() / "varied.ckpt"
+    torch.save(checkpoint, path)
+    return path
 
 
 @pytest.mark.slow
-def test_segment_images_of_any_size_and_mode(flower_run, images, capsys):
-    assert segmentation.main(["--predict", *map(str, good_images(images)), "--checkpoint", "last",
-                              *dirs(flower_run)]) == 0
-    out = next((flower_run / "results" / "segmentation" / "predict").iterdir())
-    record = json.loads((out / "predictions.json").read_text())
-    assert record["preprocessing"]["image_size"] == 64 and record["hyperparameters"]["backbone"] == "mobilenet_v3_large"
-    shares = {}
-    for name, size in ODD_SIZES.items():
-        with Image.open(out / f"{name}_mask.png") as im:
-            mask = np.asarray(im)
-            assert im.mode == "L" and im.size == size
-        assert set(np.unique(mask)) <= {0, 255}
-        with Image.open(out / f"{name}_overlay.png") as im:
-            assert im.mode == "RGB" and im.size == size
-        shares[name] = float((mask == 255).mean())
-    rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0].startswith("input,width,height,flower_share") and len(rows) == 6
-    for entry in record["images"]:
-        name = os.path.splitext(os.path.basename(entry["input"]))[0]
-        assert entry["flower_share"] == pytest.approx(shares[name], abs=1e-6)
-    assert capsys.readouterr().out.count("flower") >= 5
+def test_masks_and_overlays_for_every_mode_and_size(flower_run, varied_flower_checkpoint, images, tmp_path, capsys):
+    code, out, err = run_main(segmentation.main, ["--predict", *[p for p, _, _ in images.values()], "--checkpoint",
+                                                  varied_flower_checkpoint, "--out", tmp_path, *dirs(flower_run)],
+                              capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "predictions.json").read_text())
+    assert record["preprocessing"]["image_size"] == FLOWER_SIZE and record["failed"] == []
+    both = 0
+    for entry, (name, (path, _, rgb8)) in zip(record["images"], images.items(), strict=True):
+        want = expected_mask(varied_flower_checkpoint, rgb8)
+        np.testing.assert_array_equal(read(tmp_path / f"{path.stem}_mask.png"), want * 255, err_msg=name)
+        tinted = np.rint(rgb8 * np.float32(0.5) + np.float32([255, 0, 255]) * np.float32(0.5)).astype(np.uint8)
+        np.testing.assert_array_equal(read(tmp_path / f"{path.stem}_overlay.png"),
+                                      np.where(want[..., None] == 1, tinted, rgb8), err_msg=name)
+        assert entry["flower_share"] == round(float(want.mean()), 6)
+        both += 0 < want.mean() < 1
+    assert both >= 3  # the comparison sees both classes in half the images (the others are tiny or flat)
+    rows = (tmp_path / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "input,width,height,flower_share,mask,overlay" and len(rows) == 1 + len(images)
+    assert sum("flower" in line for line in out.splitlines()) == len(images)
+
+
+@pytest.mark.slow
+def test_segmentation_folder_with_a_corrupt_file(flower_run, tmp_path, capsys):
+    folder, stems, bad = photo_folder(tmp_path)
+    code, out, err = run_main(segmentation.main, ["--predict", folder, "--out", tmp_path / "out", *dirs(flower_run)],
+                              capsys)
+    assert code == 1
+    errors = error_lines(err.replace("\r", "\n"))
+    assert len(errors) == 2 and str(bad) in errors[0] and "truncated" in errors[0] and "1 of 20 inputs" in errors[1]
+    for kind in ("mask", "overlay"):
+        assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob(f"*_{kind}.png")) == \
+            sorted(f"{stem}_{kind}.png" for stem in stems)
+    assert "20/20" in err
+    assert len((tmp_path / "out" / "predictions.csv").read_text().splitlines()) == 20
+
+
+@pytest.mark.slow
+def test_segmentation_checkpoint_choice_and_fresh_clone(flower_run, images, tmp_path):
+    path, _, rgb8 = images["rgba"]
+    (run,) = list((flower_run / "results" / "segmentation").iterdir())
+    clone = tmp_path / "results" / "segmentation" / run.name
+    clone.mkdir(parents=True)
+    for name in ("summary.json", "model.pt"):
+        shutil.copy(run / name, clone / name)
+    for spec, roots, file in [("last", dirs(flower_run), checkpoint_of(flower_run, "segmentation", "last")),
+                              ("best", ["--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "none"],
+                               clone / "model.pt")]:
+        code, _, _ = run_main(segmentation.main, ["--predict", path, "--checkpoint", spec, "--out",
+                                                  tmp_path / spec, *roots])
+        assert code == 0
+        assert json.loads((tmp_path / spec / "predictions.json").read_text())["checkpoint"] == str(file)
+        np.testing.assert_array_equal(read(tmp_path / spec / "rgba_mask.png"), expected_mask(file, rgb8) * 255)
+    assert torch.load(clone / "model.pt", weights_only=True)["state_dict"].keys() == {
+        "model.model.classifier.4.weight", "model.model.classifier.4.bias"}  # the head only, not the trunk
+
+
+@pytest.mark.slow
+def test_a_segmentation_checkpoint_in_colorization_is_refused(flower_run, images, capsys):
+    path = checkpoint_of(flower_run, "segmentation", "last")
+    code, _, err = run_main(colorization.main, ["--predict", images["rgb"][0], "--checkpoint", path,
+                                                *dirs(flower_run)], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: --checkpoint {path}: a segmentation checkpoint, but this is colorization.py")
 
 
 def test_mask_is_made_at_training_size_and_resized_back_nearest():
-    """The model sees image_size x image_size; its 0/1 mask goes back to the image's (H, W) by
-    nearest neighbour, as Pillow samples it (the pixel whose centre is nearest: source index
-    floor((i + 0.5) * scale), never a tie for the odd factors 3 and 5 used here).
+    """The model sees image_size x image_size; its 0/1 mask goes back to the image's (H, W) by nearest
+    neighbour, as Pillow samples it (the pixel whose centre is nearest: source index floor((i + 0.5) *
+    scale), never a tie for the odd factors 3 and 5 used here). A random 0/1 mask shrunk 30x30 -> (H 10,
+    W 6) must be exactly mask[1::3, 2::5]; bilinear (antialiased) would average 3x5 pixels instead."""
+    from types import SimpleNamespace
 
-    A random 0/1 mask shrunk 30x30 -> (H 10, W 6) must be exactly mask[1::3, 2::5]. Upscaling
-    would not tell: Pillow resizes one axis at a time and rounds in between, so a 0/1 bilinear
-    upscale equals nearest neighbour; when shrinking, bilinear (antialiased) averages 3x5 pixels."""
     from inference.segment import segment
 
-    prep = {"image_size": 30, "mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
     pattern = np.random.default_rng(0).integers(0, 2, (30, 30), dtype=np.uint8)
+    seen = []
 
-    class FixedMask(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.seen = None
-            self.p = torch.nn.Parameter(torch.zeros(()))
+    def predict_masks(x):
+        seen.append(tuple(x.shape))
+        return torch.from_numpy(pattern).long().expand(x.shape[0], -1, -1)
 
-        def forward(self, x):
-            self.seen = tuple(x.shape)
-            flower = torch.from_numpy(pattern).float().expand(x.shape[0], -1, -1)
-            return torch.stack([1 - flower, flower], dim=1)
-
-    stub = FixedMask()
-    mask = segment(stub, np.zeros((10, 6, 3), np.uint8), prep)
-    assert stub.seen == (1, 3, 30, 30) and mask.shape == (10, 6) and mask.dtype == np.uint8
+    stub = SimpleNamespace(model=SimpleNamespace(mean=(0.5,) * 3, std=(0.2,) * 3), hparams=SimpleNamespace(
+        image_size=30), predict_masks=predict_masks, device=torch.device("cpu"))
+    mask = segment(stub, np.zeros((10, 6, 3), np.uint8))
+    assert seen == [(1, 3, 30, 30)] and mask.shape == (10, 6) and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, pattern[1::3, 2::5])
-
-
-@pytest.mark.slow
-def test_model_and_preprocessing_come_from_the_checkpoint(flower_run):
-    from inference.segment import load_segmenter
-
-    best, last = (find_checkpoint(s, "segmentation", flower_run / "results", flower_run / "logs")[0]
-                  for s in ("best", "last"))
-    assert best.name.startswith("best-") and last.name == "last.ckpt" and best.parent == last.parent
-    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-    assert checkpoint[STAMP]["task"] == "segmentation" and checkpoint["preprocessing"]["image_size"] == 64
-    model, prep, hp = load_segmenter(last)
-    assert prep == checkpoint["preprocessing"] and hp["backbone"] == model.backbone_name == "mobilenet_v3_large"
-    trained = checkpoint["state_dict"]["model.model.classifier.4.weight"]
-    assert torch.equal(model.last_layer.weight, trained) and not model.training
-
-
-@pytest.mark.slow
-def test_segmentation_checkpoint_in_colorization_is_refused(flower_run, images, capsys):
-    path = find_checkpoint("last", "segmentation", flower_run / "results", flower_run / "logs")[0]
-    assert colorization.main(["--predict", str(images / "rgb.jpg"), "--checkpoint", str(path),
-                              *dirs(flower_run)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "a segmentation checkpoint, but this is colorization.py" in err[0]
-
-
-@pytest.mark.slow
-def test_segmentation_partial_failure_exit_code(flower_run, images, tmp_path, capsys):
-    code = segmentation.main(["--predict", str(images / "missing.jpg"), str(images / "rgba.png"),
-                              "--out", str(tmp_path), *dirs(flower_run)])
-    err = capsys.readouterr().err
-    assert code == 1 and "missing.jpg" in err and "1 of 2 images" in err
-    assert (tmp_path / "rgba_mask.png").is_file() and (tmp_path / "rgba_overlay.png").is_file()

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_archive
+from training.runs import HANDOFF_ENV
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 420
@@ -22,9 +23,9 @@ def test_torchrun_two_ranks_extract_cifar_once(tmp_path):
     archive = write_cifar_archive(data, n_per_batch=22)  # 55 train, 11 val horses
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    env.pop("IMAGE2IMAGE_RUN_NAME", None)
+    env.pop(HANDOFF_ENV, None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "tests/fixtures/cifar_cli.py", md5, "UNet", "--num-filters", "8", "--epochs", "1",
+               "tests/fixtures/cifar_cli.py", md5, "UNet", "--num-filters", "8", "--epochs", "1", "--no-compile",
                "--batch-size", "4", "--data-dir", str(data), "--results-dir", str(tmp_path / "results"),
                "--logs-dir", str(tmp_path / "logs"), "--run-name", "both", "--accelerator", "cpu",
                "--devices", "2", "--strategy", "ddp"]
@@ -44,7 +45,8 @@ def test_torchrun_two_ranks_extract_cifar_once(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
     assert [p.name for p in (tmp_path / "results" / "colorization").iterdir()] == ["both"]
     results = tmp_path / "results" / "colorization" / "both"
-    assert sorted(p.name for p in results.iterdir()) == ["colour_recall.png", "confusion.png", "curves.png",
-                                                          "machine.json", "samples.png", "summary.json"]
+    assert sorted(p.name for p in results.iterdir()) == ["colour_recall.png", "config.json", "confusion.png",
+                                                          "curves.png", "machine.json", "model.pt", "samples.png",
+                                                          "summary.json"]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["epochs"] == 1 and summary["data"]["train"] == 55 and summary["data"]["val"] == 11

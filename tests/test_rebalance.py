@@ -1,18 +1,30 @@
-"""Class rebalancing (color/rebalance.py, --rebalance): the weights, the loss, and the checkpoint."""
+"""Class rebalancing (--rebalance): the weights (color/rebalance.py), the loss (losses/cross_entropy.py), and the
+checkpoint."""
+import json
 import math
 
 import pytest
 import torch
 
 import colorization
-from color.rebalance import (class_weights_from_targets, palette_distribution, rebalance_weights,
-                             smooth_distribution, smoothing_sigma, weighted_cross_entropy)
+from color.rebalance import (class_weights_from_targets, palette_distribution, rebalance_weights, smooth_distribution,
+                             smoothing_sigma)
 from data.cifar import CIFARHorses
+from losses import make_loss
+from losses.cross_entropy import RebalancedCrossEntropy
 from tests.clirun import error_lines, run_main, summary
 from tests.fixtures.cifar import write_cifar_folder
 from tests.tb import read_scalars
+from training.runs import finished_runs
 
 P = torch.tensor([0.55, 0.25, 0.12, 0.05, 0.03], dtype=torch.float64)
+
+
+def weighted_cross_entropy(logits, target, weights):
+    """(plain CE, rebalanced CE) of the loss the colourisation module uses, with `weights` set."""
+    loss = make_loss("rebalanced_ce", num_classes=len(weights))
+    loss.set_weights(weights, torch.full((len(weights),), 1.0 / len(weights)))
+    return loss.terms(logits, target)
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.2, 0.5, 0.9])
@@ -78,6 +90,40 @@ def test_smoothing_keeps_the_mass_and_spreads_it_to_near_colours_only():
         [0.2, 0.3, 0.5, 0.0])
 
 
+def test_weights_with_the_gaussian_smoothing_worked_by_hand():
+    """Three colours: black, a dark red 0.1 away and white. Nearest-neighbour distances 0.1, 0.1, |white -
+    red| = sqrt(2.81): median 0.1, sigma = 0.05, so G = exp(-d^2 / 0.005) is exp(-2) between black and red
+    and exp(-562), exp(-600) (about 1e-244) towards white. Targets with shares p = (1/2, 1/4, 1/4):
+        p~_0 = (1/2 + e^-2 / 4) / (1 + e^-2),  p~_1 = (e^-2 / 2 + 1/4) / (1 + e^-2),  p~_2 = 1/4.
+    lambda = 1/2, Q = 3: w_q = 1 / (p~_q / 2 + 1/6), scaled so that sum p~ w = 1."""
+    palette = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    targets = torch.tensor([[[0, 0], [1, 2]]])
+    a = math.exp(-2)
+    smoothed = [(0.5 + a / 4) / (1 + a), (a / 2 + 0.25) / (1 + a), 0.25]
+    raw = [1 / (q / 2 + 1 / 6) for q in smoothed]
+    scale = sum(q * r for q, r in zip(smoothed, raw))
+    expected = [r / scale for r in raw]
+    weights, prior = class_weights_from_targets(targets, palette, 0.5)
+    assert prior.dtype == torch.float64 and prior.tolist() == pytest.approx(smoothed, abs=1e-12)
+    assert weights.dtype == torch.float32 and weights.tolist() == pytest.approx(expected, rel=1e-6)
+    # worked on paper: p~ = (0.47020, 0.27980, 0.25), mixed = (0.40177, 0.30657, 0.29167), sum p~ / mixed = 2.94016
+    assert [round(w, 4) for w in expected] == [0.8466, 1.1094, 1.1661]
+    # without the smoothing they would be those of p = (1/2, 1/4, 1/4): mixed (5/12, 7/24, 7/24), so
+    # w = (12/5, 24/7, 24/7) / (6/5 + 12/7) = (14/17, 20/17, 20/17): not these
+    unsmoothed = rebalance_weights(torch.tensor([0.5, 0.25, 0.25]), 0.5).tolist()
+    assert unsmoothed == pytest.approx([14 / 17, 20 / 17, 20 / 17], abs=1e-12)
+
+
+def test_rebalanced_loss_keeps_weights_and_prior_as_buffers():
+    loss = RebalancedCrossEntropy(3)
+    assert loss.class_weights.tolist() == [1.0, 1.0, 1.0] and loss.prior.tolist() == [0.0] * 3
+    assert not loss.weights_set
+    loss.set_weights(torch.tensor([0.5, 1.0, 2.0]), torch.tensor([0.5, 0.3, 0.2]))
+    assert loss.weights_set and sorted(loss.state_dict()) == ["class_weights", "prior"]
+    assert loss.class_weights.tolist() == [0.5, 1.0, 2.0]
+    assert loss.count(torch.zeros(2, 3, 3, dtype=torch.long)) == 18
+
+
 # ----------------------------------------------------------------------------- in the module and the CLI
 
 FLAGS = ["UNet", "--num-filters", 8, "--batch-size", 16, "--accelerator", "cpu", "--deterministic", "--seed", 1]
@@ -101,14 +147,16 @@ def test_rebalanced_run_stores_the_train_split_weights_and_logs_both_losses(tmp_
     _run(tmp_path, cifar_dir, capsys, "--epochs", 1, "--rebalance", 0.5, "--run-name", "r")
     s = summary(tmp_path / "results", "colorization", "r")
     assert s["hyperparameters"]["rebalance"] == 0.5 and s["loss"] == "rebalanced cross-entropy"
-    dm = CIFARHorses(data_dir=cifar_dir)
+    dm = CIFARHorses(data_dir=cifar_dir, download=False)
     dm.setup()
     want, prior = class_weights_from_targets(dm.train_set.tensors[1], dm.palette, 0.5)
     from_val, _ = class_weights_from_targets(dm.val_set.tensors[1], dm.palette, 0.5)
     assert not torch.allclose(want, from_val)  # the test can tell the splits apart
     ckpt = torch.load(tmp_path / "logs" / "colorization" / "r" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert torch.equal(ckpt["state_dict"]["class_weights"], want)
+    assert torch.equal(ckpt["state_dict"]["criterion.class_weights"], want)
+    assert torch.equal(ckpt["state_dict"]["criterion.prior"], prior.float())
     assert s["rebalance"]["class_weights"] == pytest.approx(want.tolist())
+    assert s["rebalance"]["smoothed_distribution"] == pytest.approx(prior.tolist(), rel=1e-6)
     assert ckpt["hyper_parameters"]["rebalance"] == 0.5
     scalars = read_scalars(tmp_path / "logs" / "colorization" / "r")
     assert {"val/loss", "val/loss_weighted", "train/loss", "train/loss_weighted"} <= set(scalars)
@@ -116,7 +164,7 @@ def test_rebalanced_run_stores_the_train_split_weights_and_logs_both_losses(tmp_
     # a checkpoint loads back with the same weights (as predict and the report load it)
     module = colorization.ColorizationModule.load_from_checkpoint(
         tmp_path / "logs" / "colorization" / "r" / "checkpoints" / "last.ckpt", map_location="cpu")
-    assert torch.equal(module.class_weights, want) and module.hparams.rebalance == 0.5
+    assert torch.equal(module.criterion.class_weights, want) and module.hparams.rebalance == 0.5
 
 
 def test_resume_uses_the_weights_stored_in_the_checkpoint(tmp_path, cifar_dir, capsys):
@@ -124,7 +172,7 @@ def test_resume_uses_the_weights_stored_in_the_checkpoint(tmp_path, cifar_dir, c
     path = tmp_path / "logs" / "colorization" / "r" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(path, weights_only=True)
     marked = torch.linspace(0.5, 1.5, 24)  # weights the data would never give
-    ckpt["state_dict"]["class_weights"] = marked
+    ckpt["state_dict"]["criterion.class_weights"] = marked
     torch.save(ckpt, path)
     _run(tmp_path, cifar_dir, capsys, "--epochs", 2, "--rebalance", 0.5, "--resume", "last")
     s = summary(tmp_path / "results", "colorization", "r")
@@ -141,16 +189,16 @@ def test_rebalance_one_trains_exactly_like_the_plain_cross_entropy(tmp_path, cif
     assert one["history"][0]["val/loss_weighted"] == pytest.approx(one["history"][0]["val/loss"], rel=1e-6)
 
 
-def test_old_checkpoints_without_weights_still_load(tmp_path, cifar_dir, capsys):
+def test_checkpoints_from_before_rebalancing_load_as_the_plain_cross_entropy(tmp_path, cifar_dir, capsys):
     _run(tmp_path, cifar_dir, capsys, "--epochs", 1, "--run-name", "old")
     path = tmp_path / "logs" / "colorization" / "old" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(path, weights_only=True)
-    for key in ("class_weights", "colour_prior"):
-        del ckpt["state_dict"][key]
-    del ckpt["hyper_parameters"]["rebalance"]
+    assert not [k for k in ckpt["state_dict"] if k.startswith("criterion.")]  # a plain run stores no weights
+    del ckpt["hyper_parameters"]["rebalance"]  # as a checkpoint written before --rebalance existed
     torch.save(ckpt, path)
     module = colorization.ColorizationModule.load_from_checkpoint(path, map_location="cpu")
-    assert module.hparams.rebalance is None and module.class_weights.tolist() == [1.0] * 24
+    assert module.hparams.rebalance is None and not module.rebalanced
+    assert type(module.criterion) is type(make_loss("ce"))
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
@@ -161,24 +209,18 @@ def test_rebalance_outside_0_1_is_one_clear_error(value, capsys):
 
 def test_finished_runs_are_reused_only_with_the_same_loss(tmp_path, cifar_dir):
     """report.py and the sweep reuse finished runs: a rebalanced run never stands in for the homework's."""
-    import json
+    def settings_of(*flags):
+        config = colorization.parse_config(["UNet", "--data-dir", str(cifar_dir), *flags])
+        return colorization.prepare(config).settings
 
-    from colorization_sweep import sweep_settings
-    from training.runs import finished_runs
-
-    def args_of(*flags):
-        return colorization.parse_args(["UNet", "--data-dir", str(cifar_dir), *flags])
-
-    def write(name, args):
+    def write(name, settings):
         (tmp_path / "colorization" / name).mkdir(parents=True)
-        (tmp_path / "colorization" / name / "summary.json").write_text(
-            json.dumps({"settings": colorization.prepare(args).settings}))
+        (tmp_path / "colorization" / name / "summary.json").write_text(json.dumps({"settings": settings}))
 
-    plain, half, other = args_of(), args_of("--rebalance", "0.5"), args_of("--rebalance", "0.25")
+    plain, half, other = settings_of(), settings_of("--rebalance", "0.5"), settings_of("--rebalance", "0.25")
+    assert (plain["config"]["rebalance"], half["config"]["rebalance"]) == (None, 0.5)
     write("plain", plain)
     write("half", half)
-    assert [f.name for f, _ in finished_runs(tmp_path, "colorization", colorization.prepare(plain).settings)] == ["plain"]
-    assert [f.name for f, _ in finished_runs(tmp_path, "colorization", colorization.prepare(half).settings)] == ["half"]
-    assert finished_runs(tmp_path, "colorization", colorization.prepare(other).settings) == []
-    # a sweep's settings name the loss only when it is not the homework's (earlier sweeps still match)
-    assert "rebalance" not in sweep_settings(plain, [32]) and sweep_settings(half, [32])["rebalance"] == 0.5
+    assert [f.name for f, _ in finished_runs(tmp_path, "colorization", plain)] == ["plain"]
+    assert [f.name for f, _ in finished_runs(tmp_path, "colorization", half)] == ["half"]
+    assert finished_runs(tmp_path, "colorization", other) == []

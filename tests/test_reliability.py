@@ -10,7 +10,10 @@ the data tests are not repeated: see the table in README.md ("Resume and reliabi
 import contextlib
 import json
 import multiprocessing
+import os
+import stat
 import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from tests.fixtures.cifar import write_cifar_archive, write_cifar_folder
 from tests.fixtures.network import no_network
 from tests.fixtures.oxford17 import write_oxford17
 
-COLOR = ["UNet", "--num-filters", 8, "--batch-size", 16, "--accelerator", "cpu"]
+COLOR = ["UNet", "--num-filters", 8, "--batch-size", 16, "--accelerator", "cpu", "--no-compile"]
 SEG = ["--loss", "ce", "--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", 64,
        "--batch-size", 6, "--accelerator", "cpu"]
 
@@ -66,7 +69,7 @@ def _check_failure(world, capsys, main, argv, code, *parts):
 # ----------------------------------------------------------------------------- flags
 
 @pytest.mark.parametrize("main, argv, parts", [
-    (colorization.main, ["ResNet"], ["invalid choice", "UNet"]),
+    (colorization.main, ["ResNet"], ["model: 'ResNet' is not one of", "UNet"]),
     (segmentation.main, ["--loss", "dice"], ["invalid choice", "'iou'"]),
     (colorization.main, ["UNet", "--kernel", "0"], ["--kernel", "at least 1"]),
     (colorization.main, ["UNet", "--num-filters", "0"], ["--num-filters", "at least 1"]),
@@ -82,7 +85,7 @@ def test_bad_flag_values_exit_2(world, capsys, main, argv, parts):
 
 def test_image_size_the_model_cannot_use(world, capsys):
     _check_failure(world, capsys, segmentation.main, [*SEG[:-4], "--image-size", 8, "--data-dir", world / "flowers"],
-                   2, "--image-size 8", "at least 32")
+                   2, "--image-size: 8 is too small", "at least 32")
 
 
 # ----------------------------------------------------------------------------- data
@@ -91,7 +94,8 @@ def test_segmentation_data_missing_and_download_failing(world, tmp_path, capsys,
     asked = no_network(monkeypatch)  # the same with or without a network
     _check_failure(world, capsys, segmentation.main, [*SEG, "--data-dir", tmp_path / "none"], 1,
                    "17flowers.tgz", "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/", str(tmp_path / "none"),
-                   "network disabled by the test")
+                   "downloads are stubbed in the tests")
+    assert not (tmp_path / "none").exists()  # a mistyped --data-dir is not created
     assert asked == ["https://www.robots.ox.ac.uk/~vgg/data/flowers/17/17flowers.tgz",
                      "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/trimaps.tgz"]
 
@@ -211,27 +215,36 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(world, capsys
     assert {k: v for k, v in after.items() if k in before} == before  # earlier runs untouched
 
 
-def test_guard_on_an_accelerator_reads_the_flag_every_n_steps_but_names_the_first_bad_step():
-    from training.callbacks import FiniteLossGuard, NonFiniteLoss
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
+def test_guard_names_the_first_bad_step_and_reads_an_accelerator_flag_every_n_steps(device):
+    """On the CPU every step is checked; on an accelerator the flag is read every `every` steps (no
+    synchronisation per step), and the step named is still the first bad one."""
+    from errors import NonFiniteLoss
+    from training.callbacks import FiniteLossGuard
 
     class FakeTrainer:
-        global_step, current_epoch, checkpoint_callback = 0, 4, None
+        global_step, current_epoch, world_size, checkpoint_callbacks = 0, 4, 1, []
 
-    guard, trainer = FiniteLossGuard(every=3, every_step=False), FakeTrainer()
-    guard.on_train_epoch_start(trainer, None)
-    for step, loss in enumerate([1.0, float("inf"), 2.0], start=1):
+    guard, trainer = FiniteLossGuard(every=4), FakeTrainer()
+    guard.on_train_epoch_start(trainer, None)  # no step taken yet: after its first batch, global_step is 1
+    losses = [1.0, float("inf"), 2.0, float("nan")]
+    stopped = None
+    for step, loss in enumerate(losses, start=1):
         trainer.global_step = step
-        if step < 3:
-            guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, step - 1)
-    with pytest.raises(NonFiniteLoss, match=r"at step 2 \(batch 2 of epoch 5\).*first epoch"):
-        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(2.0)}, None, 2)
+        try:
+            guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss, device=device)}, None, step - 1)
+        except NonFiniteLoss as e:
+            stopped = (step, str(e))
+            break
+    assert stopped is not None
+    assert stopped[0] == (2 if device == "cpu" else 4)  # cuda: read at global step 4 (a multiple of every)
+    assert "at step 2 (batch 2 of epoch 5)" in stopped[1] and "first epoch" in stopped[1]
 
 
 # ----------------------------------------------------------------------------- files
 
 def _claim(barrier, results, logs, queue):
-    import os
-
     from training.runs import create_run
 
     barrier.wait()  # both processes call create_run at the same moment
@@ -257,7 +270,7 @@ def test_simultaneous_runs_get_different_folders(tmp_path):
 def test_atomic_writers_leave_the_old_file_when_writing_fails(tmp_path):
     import matplotlib.pyplot as plt
 
-    from training.files import atomic_save_figure, atomic_write_json
+    from files import atomic_save_figure, atomic_write_json
 
     atomic_write_json(tmp_path / "summary.json", {"ok": 1})
     assert json.loads((tmp_path / "summary.json").read_text()) == {"ok": 1}
@@ -277,22 +290,51 @@ def _failing_savefig(f, **kwargs):
     raise OSError("disk full")
 
 
-def test_every_result_writer_goes_through_training_files():
-    """Summaries, CSVs and figures: no module writes them directly (training/files.py does, atomically)."""
-    direct = (".savefig(", "json.dump(", ".to_csv(", "csv.writer(", ".write_text(", "np.save(", "torch.save(")
-    # these write atomically themselves: kmeans its palette; the feature store and the stand-in weights
-    # script a temporary folder / file that is renamed into place (data/ and models/ do not import training/)
-    allowed = {Path("training/files.py"), Path("color/kmeans.py"), Path("data/feature_store.py"),
-               Path("models/standin_weights.py")}
+def test_every_result_writer_goes_through_files_py():
+    """Summaries, CSVs, figures and weights: no module writes them directly (files.py does, atomically), except
+    through files.atomic_save on the same line (`atomic_save(path, lambda f: torch.save(obj, f))`)."""
+    direct = (".savefig(", "json.dump(", ".to_csv(", "csv.writer(", ".write_text(", ".write_bytes(", "np.save(",
+              "torch.save(")
+    # these write atomically themselves: k-means its palette; the feature store and the stand-in weights
+    # script a temporary folder / file that is renamed into place. training/files.py is the old copy of
+    # files.py that report.py still imports (to be removed with its move to the new API).
+    allowed = {Path("files.py"), Path("data/palette_kmeans.py"), Path("data/features.py"),
+               Path("models/standin_weights.py"), Path("training/files.py")}
     packages = [p.parent for p in REPO.glob("*/__init__.py") if p.parent.name != "tests"]
     sources = [*REPO.glob("*.py"), *(path for package in packages for path in package.rglob("*.py"))]
     offenders = []
     for path in sorted(sources):
         rel = path.relative_to(REPO)
         if rel not in allowed:
-            offenders += [f"{rel}: {d}" for d in direct if d in path.read_text()]
-    assert len(sources) > 20  # the scan does see the code
+            offenders += [f"{rel}:{i}: {line.strip()}" for i, line in enumerate(path.read_text().splitlines(), 1)
+                          if any(d in line for d in direct) and "atomic_save(" not in line]
+    assert {Path("colorization.py"), Path("training/runs.py"), Path("reporting/figures.py")} <= {
+        p.relative_to(REPO) for p in sources}  # the scan does see the code
     assert not offenders, offenders
+
+
+def test_results_files_honour_the_umask(world):
+    """Issue 18 section 5: what a run writes gets the permissions of a plain open(), not mkstemp's 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    run = sorted((world / "results" / "colorization").glob("*/summary.json"))[0].parent
+    files = sorted(p for p in run.iterdir() if p.is_file())
+    assert {p.name for p in files} >= {"summary.json", "config.json", "machine.json", "model.pt", "curves.png"}
+    logs = [p for p in (world / "logs" / "colorization" / run.name).rglob("*") if p.is_file()]  # Lightning's own
+    assert {p.name for p in logs} >= {"last.ckpt", "hparams.yaml"}
+    files += logs
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o666 & ~mask for p in files}
+
+
+@pytest.mark.parametrize("mask", [0o002, 0o077])
+def test_atomic_writers_honour_the_umask_of_the_process(tmp_path, mask):
+    """In a fresh process with another umask (group-writable 0664, private 0600)."""
+    code = ("import os, sys; os.umask(int(sys.argv[1])); import files, matplotlib.pyplot as plt; "
+            "files.atomic_write_json(sys.argv[2] + '/a.json', {}); files.atomic_save_figure(plt.figure(), "
+            "sys.argv[2] + '/b.png'); files.atomic_save(sys.argv[2] + '/c.pt', lambda f: f.write(b'x'))")
+    subprocess.run([sys.executable, "-c", code, str(mask), str(tmp_path)], cwd=REPO, check=True, timeout=300)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
+        "a.json": 0o666 & ~mask, "b.png": 0o666 & ~mask, "c.pt": 0o666 & ~mask}
 
 
 def test_checkpoints_load_weights_only(world):

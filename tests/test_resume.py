@@ -21,9 +21,10 @@ from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
 from tests.tb import read_scalars
-from training.checkpoints import STAMP
+from training.runs import STAMP, differences
 
-COLOR = ["UNet", "--num-filters", 8, "--batch-size", 16, "--accelerator", "cpu", "--deterministic", "--seed", 3]
+COLOR = ["UNet", "--num-filters", 8, "--batch-size", 16, "--accelerator", "cpu", "--deterministic", "--seed", 3,
+         "--no-compile"]
 SEG = ["--loss", "ce", "--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", 64,
        "--batch-size", 6, "--lr", 0.05, "--accelerator", "cpu", "--deterministic", "--seed", 3]
 VAL = {"colorization": ("val/loss", "val/acc"), "segmentation": ("val/loss", "val/miou", "val/iou_flower")}
@@ -60,7 +61,7 @@ def _resume_equivalence(task, main, flags, capsys, tmp_path):
     # The resumed run continued in its own folder and ends where the uninterrupted one does.
     assert sorted(p.name for p in (tmp_path / "results" / task).iterdir()) == ["full", "part"]
     assert resumed["resumed_from"].endswith(os.path.join("part", "checkpoints", "last.ckpt"))
-    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2, 3] and resumed["epochs"] == 4
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4] and resumed["epochs"] == 4
     # Training went on from epoch 3 (a fresh 4-epoch run in the same folder would also end at full's
     # numbers): TensorBoard holds each epoch once.
     assert len(read_scalars(tmp_path / "logs" / task / "part")["val/loss"]) == 4
@@ -111,11 +112,19 @@ def _one_line_error(code, err, expected_code, *parts):
     return lines[0]
 
 
-def test_resume_path_that_does_not_exist(tmp_path, capsys, cifar_dir):
-    code, _, err = run_main(colorization.main, [*COLOR, "--data-dir", cifar_dir, "--resume", tmp_path / "nope.ckpt",
-                                                "--results-dir", tmp_path / "r", "--logs-dir", tmp_path / "l"], capsys)
-    _one_line_error(code, err, 2, "nope.ckpt", "no such file")
-    assert not (tmp_path / "r").exists()
+@pytest.mark.parametrize("task", ["colorization", "segmentation"])
+def test_resume_path_that_does_not_exist_is_refused_before_any_data_is_read(tmp_path, capsys, task):
+    """The data folder does not exist either: had the data been looked for first, the error would be the
+    download's (issue 18 section 5)."""
+    from tests.fixtures.network import no_network
+
+    main, flags = (colorization.main, COLOR) if task == "colorization" else (segmentation.main, SEG)
+    asked = no_network()
+    code, _, err = run_main(main, [*flags, "--data-dir", tmp_path / "no-data", "--resume", tmp_path / "nope.ckpt",
+                                   "--results-dir", tmp_path / "r", "--logs-dir", tmp_path / "l"], capsys)
+    line = _one_line_error(code, err, 2, f"--resume {tmp_path / 'nope.ckpt'}: no such file")
+    assert "download" not in line and list(asked) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no data folder, no run folders
 
 
 @pytest.mark.parametrize("content", [b"not a checkpoint\n", b"PK\x03\x04 truncated zip"])
@@ -212,15 +221,17 @@ def test_signal_saves_a_checkpoint_and_the_printed_command_resumes(cifar_dir, tm
     interrupted = run / "checkpoints" / "interrupted.ckpt"
     state = torch.load(interrupted, weights_only=True, map_location="cpu")
     assert state["epoch"] >= 1 and state[STAMP]["task"] == "colorization"
-    # The message's command resumes the same run (here only up to a few epochs past the checkpoint).
+    # The message's command resumes the same run from its config.json (here only a few epochs past the checkpoint).
     command = shlex.split(line.split(" with: ", 1)[1])
-    assert command[:3] == ["python", "colorization.py", "UNet"] and command[-2:] == ["--resume", "last"]
+    config = tmp_path / "results" / "colorization" / run.name / "config.json"
+    assert command == ["python", "colorization.py", "--config", str(config), "--resume", "last"]
     epochs = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["epoch"] + 2
-    command[command.index("--epochs") + 1] = str(epochs)
-    done = subprocess.run([sys.executable, *command[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, *command[1:], "--epochs", str(epochs)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = summary(tmp_path / "results", "colorization", run.name)
-    assert result["epochs"] == epochs and [h["epoch"] for h in result["history"]] == list(range(epochs))
+    assert result["epochs"] == epochs and [h["epoch"] for h in result["history"]] == list(range(1, epochs + 1))
+    assert result["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
     assert not interrupted.exists()  # stale once training went past it
     assert len(list((tmp_path / "results" / "colorization").iterdir())) == 1
 
@@ -230,7 +241,7 @@ def test_sigterm_stops_segmentation_with_a_checkpoint(flowers, tmp_path):
     proc, err = _signalled_run("segmentation.py", [*map(str, SEG), "--data-dir", str(flowers)], tmp_path,
                                signal.SIGTERM)
     _one_line_error(proc.returncode, err, 128 + signal.SIGTERM, "stopped by SIGTERM",
-                    "python segmentation.py --loss ce")
+                    "python segmentation.py --config ", "--resume last")
     run = next((tmp_path / "logs" / "segmentation").iterdir())
     state = torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=True, map_location="cpu")
     assert state[STAMP]["task"] == "segmentation"
@@ -252,9 +263,14 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
 
 
-def test_resume_on_other_data_is_refused_with_one_line(tmp_path, capsys):
-    """The data checksum is a setting: a run cannot be continued on images it was not trained on."""
-    first, other = write_cifar_folder(tmp_path / "a", seed=0), write_cifar_folder(tmp_path / "b", seed=1)
+def test_resume_on_other_data_is_refused_with_one_line_naming_the_checksums(tmp_path, capsys):
+    """The data checksum is a setting: a run cannot be continued on images it was not trained on. Both
+    refusals (a path, and `last`) name the stored and the given checksum (issue 18 section 5)."""
+    from data.cifar import CIFARHorses
+
+    write_cifar_folder(tmp_path / "a", seed=0), write_cifar_folder(tmp_path / "b", seed=1)
+    checksums = [CIFARHorses(tmp_path / name, download=False).data_checksum() for name in ("a", "b")]
+    assert checksums[0] != checksums[1] and all(len(c) == 16 for c in checksums)
     out = ["--results-dir", tmp_path / "results", "--logs-dir", tmp_path / "logs"]
     code, _, err = run_main(colorization.main, [*COLOR, *out, "--epochs", 1, "--data-dir", tmp_path / "a"], capsys)
     assert code == 0, err[-3000:]
@@ -263,11 +279,39 @@ def test_resume_on_other_data_is_refused_with_one_line(tmp_path, capsys):
     for spec in (last, "last"):
         code, _, err = run_main(colorization.main, [*COLOR, *out, "--epochs", 2, "--data-dir", tmp_path / "b",
                                                     "--resume", spec], capsys)
-        lines = error_lines(err)
-        assert code == 1 and len(lines) == 1, err[-2000:]
-        if spec == "last":  # no run with these settings (the data differs): nothing to resume
-            assert "no checkpoint of a colorization run with these settings" in lines[0], lines
+        line = _one_line_error(code, err, 1, f"data.checksum: {checksums[0]!r} -> {checksums[1]!r}")
+        if spec == "last":  # no run with these settings (the data differs): nothing to resume, and why
+            assert "no checkpoint of a colorization run with these settings" in line, line
+            assert f"refused: {last.parent.parent.name}: the checkpoint was trained on other data" in line, line
         else:
-            assert "trained on other data (data.checksum:" in lines[0], lines
+            assert f"--resume {last}: the checkpoint was trained on other data" in line, line
     assert snapshot(tmp_path / "results", tmp_path / "logs") == before  # nothing written, nothing lost
-    assert first != other
+
+
+def test_same_settings_means_equal_up_to_rounding_only():
+    """`differences` decides reuse, resume and predict: floats equal to 1e-9 (JSON round trips), no more."""
+    lr = {"config": {"lr": 0.001, "rebalance": 0.5, "kernel": 3, "deterministic": False}}
+
+    def changed(**config):
+        return differences(lr, {"config": {**lr["config"], **config}})
+
+    assert changed() == [] and changed(lr=0.001 * (1 + 1e-12)) == [] and changed(lr=0.1 * 3 / 300) == []
+    assert changed(kernel=3.0) == []  # a JSON integer and a float of the same value
+    assert changed(lr=0.00105) == ["config.lr: 0.001 -> 0.00105"]  # 5 %
+    assert changed(lr=0.001 * (1 + 1e-6)) == [f"config.lr: 0.001 -> {0.001 * (1 + 1e-6)!r}"]
+    assert changed(rebalance=0.55) == ["config.rebalance: 0.5 -> 0.55"]
+    assert changed(rebalance=None) == ["config.rebalance: 0.5 -> None"]
+    assert changed(deterministic=0) == ["config.deterministic: False -> 0"]  # booleans are not numbers here
+    assert differences(lr, {"config": {"lr": 0.001}}, partial=True) == []
+    assert differences(lr, {"config": {"lr": 0.001}}) == ["config.deterministic: False -> '(not given)'",
+                                                          "config.kernel: 3 -> '(not given)'",
+                                                          "config.rebalance: 0.5 -> '(not given)'"]
+
+
+def test_resume_with_a_learning_rate_5_percent_off_is_refused(cifar_dir, tmp_path, capsys):
+    out = ["--data-dir", cifar_dir, "--results-dir", tmp_path / "r", "--logs-dir", tmp_path / "l"]
+    code, _, err = run_main(colorization.main, [*COLOR, *out, "--epochs", 1, "--lr", 0.001], capsys)
+    assert code == 0, err[-2000:]
+    code, _, err = run_main(colorization.main, [*COLOR, *out, "--epochs", 2, "--lr", 0.00105, "--resume", "last"],
+                            capsys)
+    _one_line_error(code, err, 1, "config.lr: 0.001 -> 0.00105")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import colorization
-from colorization_sweep import CSV_COLUMNS, sweep_folder
+from colorization_sweep import CSV_COLUMNS, SweepConfig, csv_row, run_configs, sweep_folder, write_csv
 from tests.clirun import error_lines, run_main
 from tests.fixtures.cifar import write_cifar_folder
 from training.runs import differences, finished_runs
@@ -35,7 +35,7 @@ def sweep(cifar, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     argv = ["ConvTransposeNet", "--batch-sizes", "4", "8", "--epochs", "1", "--num-filters", "8",
             "--data-dir", str(cifar), "--results-dir", str(out / "results"), "--logs-dir", str(out / "logs"),
-            "--accelerator", "cpu"]
+            "--accelerator", "cpu", "--no-compile"]
     assert colorization.main(argv) == 0
     return out, argv
 
@@ -54,12 +54,41 @@ def test_sweep_writes_csv_figure_and_one_grid_per_batch_size(sweep):
     for row in rows:
         summary = json.loads((out / "results" / "colorization" / row["run"] / "summary.json").read_text())
         assert summary["batch_size"] == int(row["batch_size"]) and summary["epochs"] == int(row["epochs"]) == 1
-        assert float(row["final_val_loss"]) == pytest.approx(summary["final_val_loss"], rel=1e-5)
-        assert 0 <= float(row["final_val_acc"]) <= 1 and float(row["wall_seconds"]) > 0
-        assert float(row["best_train_loss"]) == pytest.approx(summary["final_train_loss"], rel=1e-5)  # 1 epoch
+        assert int(row["steps"]) == {4: 5, 8: 3}[summary["batch_size"]]  # 20 train horses, 1 epoch
+        for key in ("final_val_loss", "final_val_acc", "final_train_loss", "wall_seconds"):
+            assert float(row[key]) == pytest.approx(summary[key], rel=1e-5), key
+        for key in ("colourfulness_ratio", "mean_recall"):
+            assert float(row[key]) == pytest.approx(summary["colour_quality"][key], rel=1e-5), key
     assert valid_png(folder / "val_loss.png")
     assert valid_png(folder / "samples_bs004.png") and valid_png(folder / "samples_bs008.png")
     assert json.loads((folder / "sweep.json").read_text())["settings"]["batch_sizes"] == [4, 8]
+
+
+def invented(batch_size, epochs, train, ratio, recall, **fields):
+    return {"batch_size": batch_size, "epochs": epochs, "data": {"train": train}, "run": f"bs{batch_size}",
+            "colour_quality": {"colourfulness_ratio": ratio, "mean_recall": recall}, "final_val_loss": 1.5,
+            **fields}
+
+
+def test_csv_columns_hold_steps_and_measured_quality(tmp_path):
+    """steps = ceil(train images / batch) * epochs; the quality columns are the final weights' colour_quality."""
+    rows = [csv_row(invented(32, 10, 5000, 0.61, 0.23)), csv_row(invented(512, 3, 5000, 0.4, 0.125)),
+            csv_row(invented(100, 2, 1000, 1.25, 0.5))]
+    assert [(r["steps"], r["colourfulness_ratio"], r["mean_recall"]) for r in rows] == [
+        (157 * 10, 0.61, 0.23), (10 * 3, 0.4, 0.125), (10 * 2, 1.25, 0.5)]
+    assert rows[0]["final_val_loss"] == 1.5 and rows[0]["run"] == "bs32"
+    path = write_csv(tmp_path / "sweep.csv", [{**{k: "" for k in CSV_COLUMNS}, **r} for r in rows])
+    back = read_csv(path)
+    assert [(r["steps"], r["colourfulness_ratio"], r["mean_recall"]) for r in back] == [
+        ("1570", "0.61", "0.23"), ("30", "0.4", "0.125"), ("20", "1.25", "0.5")]
+
+
+def test_run_configs_give_one_run_per_batch_size(tmp_path):
+    config = SweepConfig(model="UNet", batch_sizes=(64, 32, 64), epochs=3, results_dir=str(tmp_path))
+    runs = run_configs(config)
+    assert [b for b, _ in runs] == [32, 64]
+    assert [(c.batch_size, c.epochs, c.model, c.devices) for _, c in runs] == [(32, 3, "UNet", 1), (64, 3, "UNet", 1)]
+    assert [c.run_name.split("-")[:2] for _, c in runs] == [["UNet", "bs032"], ["UNet", "bs064"]]
 
 
 def test_rerun_trains_nothing_and_keeps_the_csv(sweep):
@@ -128,7 +157,8 @@ def test_finished_runs_match_every_setting_and_take_the_newest(tmp_path):
     assert finished_runs(tmp_path / "nowhere", "colorization", SETTINGS) == []
     # partial: only the keys asked for (predict's --checkpoint best|last gives the task and the model)
     wanted = {"task": "colorization", "hyperparameters": {"model": "UNet"}}
-    assert [f.name for f, _ in finished_runs(tmp_path, "colorization", wanted, partial=True)] == ["f", "e", "c", "b", "a"]
+    found = finished_runs(tmp_path, "colorization", wanted, partial=True)
+    assert [f.name for f, _ in found] == ["f", "e", "c", "b", "a"]
     assert newest.name == "b"
 
 

@@ -1,93 +1,73 @@
 """The Lightning callbacks both tasks use, each with one job.
 
+- `checkpoints`: the best checkpoint (on the monitored metric) and last.ckpt after every epoch.
+- `EpochHistory`: per-epoch metric history (epochs counted from 1), kept in checkpoints so curves survive a resume.
+- `ProgressBar`: Lightning's bar, redrawn by the clock rather than after every batch, epochs counted from 1.
 - `ValidationGrid`: a TensorBoard image grid of the same validation images after every validation epoch.
-- `LastEveryEpoch`: a ModelCheckpoint whose last.ckpt really holds the last finished epoch.
-- `EpochHistory`: per-epoch metric history, kept in checkpoints so curves survive a resume.
-- `ThrottledProgressBar`: a progress bar that redraws by the clock, not after every batch.
-- `ChannelsLast`: channels-last (NHWC) memory format for the model (`--channels-last`).
+- `CustomScalars`: TensorBoard's Custom Scalars layout (train and val curves in one chart).
+- `Speed`: torch.compile and channels-last memory format, where each is faster.
 - `FiniteLossGuard`: stops the run at the first NaN/inf training loss, before last.ckpt is overwritten.
 - `InterruptCheckpoint`: saves interrupted.ckpt when SIGINT / SIGTERM stops training.
-- `RunStamp`: writes the run's task and settings into every checkpoint (training/checkpoints.py reads it).
+- `RunStamp`: writes the run's task and settings into every checkpoint (training/runs.py reads it).
 - `RNGState`: saves and restores the random number generators, which Lightning does not.
 """
+import importlib.util
+import os
 import random
+import re
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchvision.utils import make_grid
 
-from errors import UserError
-from training.checkpoints import INTERRUPTED, STAMP
-from training.tensorboard import enlarge
+from errors import NonFiniteLoss
+from training.runs import INTERRUPTED, STAMP
 
 
-class ValidationGrid(Callback):
-    """Logs `rows_fn(pl_module, datamodule, n)` (a list of (label, (n, C, H, W) images in [0, 1]))
-    as one grid under `tag`, one row per entry, enlarged `scale` times with nearest-neighbour scaling
-    (sharp pixels in TensorBoard). Rank 0 only; never during the sanity check."""
+class Checkpoint(ModelCheckpoint):
+    """ModelCheckpoint whose file names count epochs from 1, as everything a person reads does."""
 
-    def __init__(self, rows_fn, tag, n, scale=1):
-        self.rows_fn, self.tag, self.n, self.scale = rows_fn, tag, n, scale
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
-            return
-        rows = self.rows_fn(pl_module, trainer.datamodule, self.n)
-        grid = make_grid(torch.cat([images.expand(-1, 3, -1, -1) for _, images in rows]), nrow=self.n, padding=2)
-        trainer.logger.experiment.add_image(self.tag, enlarge(grid, self.scale), trainer.current_epoch)
+    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None):
+        metrics = {**metrics, "epoch": metrics["epoch"] + 1} if "epoch" in metrics else metrics
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
 
-# A ModelCheckpoint whose last.ckpt really holds the last finished epoch.
-#
-# Lightning 2.6 rewrites last.ckpt only in an epoch where a top-k checkpoint was saved, i.e. when the
-# monitored metric improved (pytorch_lightning/callbacks/model_checkpoint.py, "Only save last checkpoint
-# if a checkpoint was actually saved in this step"). A run whose validation score stalls for ten epochs
-# and then dies would lose all ten on resume. This subclass also writes last.ckpt in the other epochs.
-class LastEveryEpoch(ModelCheckpoint):
-    """ModelCheckpoint that refreshes last.ckpt at the end of every epoch (with save_last=True)."""
-
-    def _refresh_last(self, trainer):
-        # Skipped when this step was already saved (then Lightning wrote last.ckpt itself).
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
-
-    def on_validation_end(self, trainer, pl_module):
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+def checkpoints(folder, monitor, mode):
+    """[best, last]: `best-epochNNN.ckpt` keeps the best epoch on `monitor`; `last.ckpt` is rewritten after
+    every epoch. Lightning's own save_last rewrites last.ckpt only when the monitored metric improved,
+    so a run that stalls for ten epochs and dies would lose all ten; a second, unmonitored checkpoint
+    (save_top_k=1: it replaces its one file) does not."""
+    best = Checkpoint(dirpath=str(folder), filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+                      monitor=monitor, mode=mode, save_top_k=1)
+    last = Checkpoint(dirpath=str(folder), filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    return [best, last]
 
 
 class EpochHistory(Callback):
-    """Records the epoch-level values of the logged metrics after every training epoch.
+    """The epoch-level values of the logged metrics after every training epoch, `epoch` counted from 1.
 
     Validation runs inside the training epoch, so at `on_train_epoch_end` the callback metrics hold
     both this epoch's train/* and val/* values. The sanity check's values are never recorded.
     """
 
-    def __init__(self, keys=None):
-        self.keys = keys
+    def __init__(self):
         self.history = []
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
+        epoch = trainer.current_epoch + 1
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        if self.keys is not None:
-            metrics = {k: v for k, v in metrics.items() if k in self.keys}
-        self.history = [h for h in self.history if h["epoch"] != trainer.current_epoch]
-        self.history.append({"epoch": trainer.current_epoch, **metrics})
+        self.history = [h for h in self.history if h["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
 
     def state_dict(self):
         return {"history": self.history}
@@ -104,8 +84,7 @@ class EpochHistory(Callback):
         rows = [h for h in self.history if key in h]
         if not rows:
             return None, None
-        pick = min if mode == "min" else max
-        row = pick(rows, key=lambda h: h[key])
+        row = (min if mode == "min" else max)(rows, key=lambda h: h[key])
         return row[key], row["epoch"]
 
     def last(self, key):
@@ -113,83 +92,148 @@ class EpochHistory(Callback):
         return rows[-1][key] if rows else None
 
 
-# A progress bar that redraws by the clock, not after every batch.
-#
-# Lightning's TQDMProgressBar redraws (and re-reads the logged metrics) after every batch by default.
-# Colorization steps on a GPU take about a millisecond, so that redraw would be a large part of each
-# step; a fixed `refresh_rate` of N batches would instead freeze the bar for minutes when a step is
-# slow (segmentation without the feature cache on a CPU). Redrawing at most every `interval` seconds
-# (and at the end of each bar) suits both.
-class ThrottledProgressBar(TQDMProgressBar):
-    """TQDMProgressBar that redraws at most every `interval` seconds, and on a bar's last batch."""
+class ProgressBar(TQDMProgressBar):
+    """TQDMProgressBar that redraws at most every `interval` seconds and on a bar's last batch.
 
-    def __init__(self, interval=0.5, **kwargs):
-        super().__init__(**kwargs)
-        self.interval = interval
-        self._last_draw = float("-inf")
+    Lightning redraws (and re-reads the logged metrics) after every batch; colourisation steps on a
+    GPU take about a millisecond, so that redraw would be a large part of each step, while a fixed
+    refresh rate of N batches would freeze the bar for minutes when steps are slow. Only public
+    hooks are overridden: each redraws the bar's position absolutely, so skipping some loses nothing."""
 
-    def _should_update(self, current, total):
-        if not self.is_enabled:
-            return False
+    def __init__(self, interval=0.5):
+        super().__init__(refresh_rate=1)
+        self.interval, self._drawn = interval, float("-inf")
+
+    def _due(self, batch_idx, total):
         now = time.monotonic()
-        if current == total or now - self._last_draw >= self.interval:
-            self._last_draw = now
+        if batch_idx + 1 == total or now - self._drawn >= self.interval:
+            self._drawn = now
             return True
         return False
 
+    def on_train_epoch_start(self, trainer, *args):
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
 
-# Channels-last memory format for both CLIs: `--channels-last / --no-channels-last`, on by default on CUDA.
-#
-# Convolutions on GPU tensor cores run in NHWC; with NCHW tensors cuDNN transposes around every conv.
-# Converting the model's weights once is enough: a convolution whose weight is channels-last returns
-# channels-last activations, so the layout carries through the network. On a CPU the gain is not
-# reliable, so the default there is off.
-class ChannelsLast(Callback):
-    """Converts the LightningModule to channels-last at setup: always (True), never (False), or
-    when it trains on CUDA (None). `applied` says what was done."""
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._due(batch_idx, self.total_train_batches):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
-    def __init__(self, enabled=None):
-        self.enabled = enabled
-        self.applied = False
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self._due(batch_idx, self.total_val_batches_current_dataloader):
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self._due(batch_idx, self.total_test_batches_current_dataloader):
+            super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+
+
+def enlarge(image, factor):
+    """(C, H, W) image -> (C, factor*H, factor*W), each pixel a factor x factor block (nearest neighbour)."""
+    if factor == 1:
+        return image
+    return F.interpolate(image[None].float(), scale_factor=factor, mode="nearest")[0].to(image.dtype)
+
+
+class ValidationGrid(Callback):
+    """Logs `rows_fn(pl_module, n)` (a list of (label, (n, C, H, W) images in [0, 1])) as one grid under
+    `tag` after every validation epoch, one row per entry, enlarged `scale` times with nearest-neighbour
+    scaling (sharp pixels in TensorBoard). Rank 0 only; never during the sanity check."""
+
+    def __init__(self, rows_fn, tag, n, scale=1):
+        self.rows_fn, self.tag, self.n, self.scale = rows_fn, tag, n, scale
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
+            return
+        rows = self.rows_fn(pl_module, self.n)
+        grid = make_grid(torch.cat([images.expand(-1, 3, -1, -1) for _, images in rows]), nrow=self.n, padding=2)
+        trainer.logger.experiment.add_image(self.tag, enlarge(grid, self.scale), trainer.current_epoch + 1)
+
+
+def chart(*tags):
+    """One multi-line Custom Scalars chart of exactly these scalar tags (TensorBoard matches regexes,
+    so they are anchored: "train/loss" must not also pick up "train/loss_weighted")."""
+    return ["Multiline", [f"^{re.escape(t)}$" for t in tags]]
+
+
+class CustomScalars(Callback):
+    """Writes a Custom Scalars layout ({category: {title: chart(...)}}) into the run's events at fit start."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def on_fit_start(self, trainer, pl_module):
+        experiment = getattr(trainer.logger, "experiment", None)
+        if trainer.is_global_zero and hasattr(experiment, "add_custom_scalars"):
+            experiment.add_custom_scalars(self.layout)
+
+
+# What is fastest, by device type, for the colourisation nets: measured by benchmarks/colorization.py
+# (benchmarks/results/cpu-colorization.txt): on the 2-core CPU, torch.compile trains an epoch about
+# 1.5x faster than eager, and channels-last adds nothing to a compiled net (it helps only eager ones).
+# CUDA: channels-last feeds the tensor cores; compile there was not measured (no GPU was lent).
+FASTEST = {"cpu": {"compile": True, "channels_last": False}, "cuda": {"compile": True, "channels_last": True}}
+
+
+def compile_problem(device):
+    """Why torch.compile cannot work on `device` here (a sentence), or None."""
+    if device.type not in FASTEST:
+        return f"torch.compile is not used on {device.type} devices"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "its GPU backend needs triton, which is not installed"
+    compiler = os.environ.get("CXX") or "g++"  # what torch's inductor invokes for CPU code
+    if shutil.which(compiler) is None:
+        return f"it needs a C++ compiler and {compiler!r} was not found (install g++, or set CXX)"
+    return None
+
+
+class Speed(Callback):
+    """At setup, for the device the run trains on: channels-last memory format for the whole module, and
+    torch.compile of its `compiled` submodule (nn.Module.compile: in place, so state-dict keys and
+    checkpoints stay those of the eager net). `compile` / `channels_last`: True, False, or None for the
+    FASTEST default of the device type. Where compiling cannot work (`compile_problem`), one warning,
+    and the run trains eagerly. `applied` says what was done."""
+
+    def __init__(self, compile=None, channels_last=None, compiled="model"):
+        self.compile, self.channels_last, self.compiled = compile, channels_last, compiled
+        self.applied = {"compile": False, "channels_last": False}
 
     def setup(self, trainer, pl_module, stage):
-        on = self.enabled if self.enabled is not None else trainer.strategy.root_device.type == "cuda"
-        if on:
+        device = trainer.strategy.root_device
+        fastest = FASTEST.get(device.type, {"compile": False, "channels_last": False})
+        if fastest["channels_last"] if self.channels_last is None else self.channels_last:
             pl_module.to(memory_format=torch.channels_last)
-        self.applied = bool(on)
-
-
-class NonFiniteLoss(UserError):
-    """The training loss became NaN or infinite."""
-
-
-class Interrupted(UserError):
-    """Training stopped by a signal; exit code 128 + the signal number, as shells report it."""
-
-    def __init__(self, message, signum):
-        super().__init__(message)
-        self.exit_code = 128 + int(signum)
+            self.applied["channels_last"] = True
+        want = fastest["compile"] if self.compile is None else self.compile
+        target = getattr(pl_module, self.compiled, None) if want else None
+        if target is None or self.applied["compile"]:
+            return
+        problem = compile_problem(device)
+        if problem:
+            rank_zero_warn(f"not compiling the model: {problem}; training runs eagerly (--no-compile hides this)")
+            return
+        target.compile()
+        self.applied["compile"] = True
 
 
 class FiniteLossGuard(Callback):
     """Stops training at the first non-finite training loss.
 
-    Cost: reading a GPU value forces a synchronisation, so on an accelerator the check is only
-    accumulated on the device each step (a few one-element kernels, no transfer) and read every
-    `every` steps and at the end of each epoch. The step reported is the first bad one even so. On
-    the CPU reading is free, so every step is checked. Lightning calls checkpoint callbacks last, so
-    the epoch-end check runs before `last.ckpt` would be overwritten with bad weights.
+    Reading a GPU value forces a synchronisation, so on an accelerator the check is accumulated on
+    the device each step (a few one-element kernels, no transfer) and read every `every` steps and
+    at the end of each epoch; the step reported is the first bad one even so. On the CPU every step
+    is checked. Lightning calls checkpoint callbacks last, so the epoch-end check runs before
+    `last.ckpt` would be overwritten with bad weights.
     """
 
-    def __init__(self, every=50, every_step=None):
+    def __init__(self, every=50):
         self.every = every
-        self.every_step = every_step  # None: every step on the CPU only
         self._first_bad = None  # on the loss's device: global step of the first bad loss, or -1
         self._epoch_start_step = 0
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._epoch_start_step = trainer.global_step
-        self._first_bad = None
+        self._epoch_start_step, self._first_bad = trainer.global_step, None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -200,8 +244,7 @@ class FiniteLossGuard(Callback):
             self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
         step = torch.full_like(self._first_bad, trainer.global_step)  # a fill kernel: no host-to-device copy
         self._first_bad = torch.where(bad & (self._first_bad < 0), step, self._first_bad)
-        every_step = loss.device.type == "cpu" if self.every_step is None else self.every_step
-        if every_step or trainer.global_step % self.every == 0:
+        if loss.device.type == "cpu" or trainer.global_step % self.every == 0:
             self._check(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):
@@ -212,21 +255,19 @@ class FiniteLossGuard(Callback):
             return
         step = int(self._first_bad.item())
         bad = step >= 0
-        if getattr(trainer, "world_size", 1) > 1:  # all processes stop together, or DDP would hang
+        if trainer.world_size > 1:  # all processes stop together, or DDP would hang
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             return
-        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+        saved = trainer.checkpoint_callbacks
+        last = (getattr(saved[-1], "best_model_path", "") or "") if saved else ""
         kept = (f"the last good checkpoint is {last}" if last
                 else "no checkpoint was written before (it happened in the first epoch)")
+        # global_step counts the optimizer steps taken, this batch's included: step k is batch k of a first epoch
         where = (f"at step {step} (batch {step - self._epoch_start_step} of epoch {trainer.current_epoch + 1})"
                  if step >= 0 else f"in another process in epoch {trainer.current_epoch + 1}")
         raise NonFiniteLoss(f"the training loss became NaN or infinite {where}; training stopped and {kept}. "
                             f"Try a lower --lr")
-
-
-def _finite(module):
-    return all(torch.isfinite(p).all() for p in module.parameters())
 
 
 class InterruptCheckpoint(Callback):
@@ -249,7 +290,7 @@ class InterruptCheckpoint(Callback):
             self.signal = signal.SIGTERM
         else:
             return
-        if not _finite(pl_module):
+        if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             rank_zero_warn("not saving a checkpoint at the interruption: the weights are not finite")
             return
         trainer.save_checkpoint(self.ckpt_path, weights_only=False)

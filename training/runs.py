@@ -1,34 +1,38 @@
-"""Runs: their folders, their settings, and finding an earlier run (to reuse, resume or predict with).
+"""Runs: their folders, their settings and checkpoints, and finding an earlier run to reuse or resume.
 
-Folders: `LOGS/<task>/<run>/` (TensorBoard events, checkpoints/) and `RESULTS/<task>/<run>/` (summary.json,
-figures). A new run never reuses an existing folder: names carry a timestamp, and a collision (two runs
-started in the same second) takes the next free suffix, claimed with an exclusive mkdir.
+Folders: `LOGS/<task>/<run>/` (TensorBoard events, checkpoints/: best-epochNNN.ckpt, last.ckpt, after a
+signal interrupted.ckpt) and `RESULTS/<task>/<run>/` (config.json, summary.json, machine.json, figures,
+model.pt: the best weights alone). A new run never reuses a folder (`files.claim_folder`).
 
-Settings: everything that decides a run's numbers (`run_settings`): the task, the module's
-hyper-parameters, batch size, seed, epochs, precision and the data (checksum of what was read, palette or
-split, ...). They are written into summary.json and stamped into every checkpoint, and `differences` is
-the ONE place that decides whether two runs have the same settings. It is used by
-- `find_finished` / `reuse_or_train`: report.py and the batch-size sweep reuse a finished run;
-- `find_resume`: `--resume last|PATH` continues a run (epochs may differ; the data may not);
-- `find_checkpoint`: `--predict --checkpoint best|last` (the settings given there: the task, the model).
-A flag that changes the numbers must therefore end up in the module's hyper-parameters or the data.
+Settings (`run_settings`): the task, the config fields that decide numbers (training/config.py) and
+the data (a checksum of what was read, palette or split). They go into summary.json and every
+checkpoint, and `differences` is the ONE place that decides whether two runs have the same settings:
+for reusing a finished run (report, sweep), for `--resume` (epochs may differ, the data may not) and
+for finding a model to predict with (inference/checkpoints.py).
+
+Every checkpoint is read by `read_checkpoint`, with `torch.load(weights_only=True)`: a file from
+elsewhere never runs code while it is loaded.
 """
+import contextlib
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from pytorch_lightning.utilities import rank_zero_only
 
-
 from errors import UsageError, UserError
-from training.checkpoints import INTERRUPTED, LAST, check_task, read_checkpoint, run_checkpoint, stamp_settings
-from training.files import check_writable
+from files import atomic_save, check_writable, claim_folder
 
-# Lightning's DDP launcher starts the other processes by running the same command again; they learn
-# rank 0's run folder (and checkpoint) from this variable, set in `start_run` and removed by run_task.
+STAMP = "image2image"  # key of the {task, settings} stamp in every checkpoint (training/callbacks.py RunStamp)
+LAST, INTERRUPTED, WEIGHTS = "last.ckpt", "interrupted.ckpt", "model.pt"
+TASKS = ("colorization", "segmentation")
+# Lightning's DDP launcher starts the other ranks by running the same command again, with environment
+# variables; rank 0's run folder goes to them the same way, set and removed in `claimed_run` only.
 HANDOFF_ENV = "IMAGE2IMAGE_RUN"
 
 
@@ -36,7 +40,8 @@ HANDOFF_ENV = "IMAGE2IMAGE_RUN"
 class Run:
     name: str
     logs: Path  # TensorBoard events and checkpoints/
-    results: Path  # summary.json, figures
+    results: Path  # config.json, summary.json, figures, model.pt
+    resume_from: str | None = None  # the checkpoint this invocation continues from
 
     @property
     def checkpoints(self):
@@ -45,10 +50,9 @@ class Run:
 
 # ----------------------------------------------------------------------------- settings
 
-def run_settings(task, args, hparams, data):
+def run_settings(task, config_settings, data):
     """The settings that decide a run's numbers, as plain JSON values (see the module docstring)."""
-    return _plain({"task": task, "hyperparameters": dict(hparams), "batch_size": args.batch_size, "seed": args.seed,
-                   "epochs": args.epochs, "precision": str(args.precision), "data": data})
+    return _plain({"task": task, "config": config_settings, "data": data})
 
 
 def _plain(value):
@@ -70,16 +74,16 @@ def _same(a, b):
     if isinstance(a, bool) or isinstance(b, bool):  # True == 1 in Python; not as a setting
         return type(a) is type(b) and a == b
     if isinstance(a, float) or isinstance(b, float):
-        return (isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool)
-                and not isinstance(b, bool) and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
+        return (isinstance(a, (int, float)) and isinstance(b, (int, float))
+                and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12))
     return a == b
 
 
 def differences(stored, wanted, ignore=(), partial=False):
     """['key: stored -> wanted', ...] for every setting in which `stored` differs from `wanted`.
 
-    Keys are dotted ("hyperparameters.lr", "data.checksum"); `ignore` drops keys and their sub-keys.
-    A key missing on one side is a difference, except, with `partial`, keys that `wanted` does not name.
+    Keys are dotted ("config.lr", "data.checksum"); `ignore` drops keys and their sub-keys. A key
+    missing on one side is a difference, except, with `partial`, keys that `wanted` does not name.
     """
     s, w = _flatten(_plain(stored or {})), _flatten(_plain(wanted))
     keys = w.keys() if partial else w.keys() | s.keys()
@@ -92,6 +96,56 @@ def differences(stored, wanted, ignore=(), partial=False):
     return out
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+def read_checkpoint(path, flag="--checkpoint"):
+    """The checkpoint dict at `path` (weights_only, memory-mapped), or a UserError that names `flag`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{flag} {path}: no such file; give a .ckpt file from LOGS_DIR/<task>/<run>/checkpoints/")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated files, other formats and pickles with code all end here
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            why = "it holds objects that only an unrestricted unpickler could load, which is refused"
+        else:
+            why = f"not a torch.save file, or truncated: {type(e).__name__}"
+        raise UserError(f"{flag} {path}: not a checkpoint written by colorization.py or segmentation.py ({why})") from e
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise UserError(f"{flag} {path}: not a checkpoint written by colorization.py or segmentation.py "
+                        f"(no state_dict / hyper_parameters)")
+    return checkpoint
+
+
+def stamp(checkpoint):
+    """The {task, settings} stamp of a checkpoint ({} when absent)."""
+    return checkpoint.get(STAMP) or {}
+
+
+def load_checkpoint(path, task, model=None, flag="--checkpoint"):
+    """The checkpoint dict at `path`, refused in one line unless it is of `task` (and, for colorization, `model`)."""
+    checkpoint = read_checkpoint(path, flag)
+    found, hparams = stamp(checkpoint).get("task"), checkpoint["hyper_parameters"]
+    if found not in TASKS:
+        raise UserError(f"{flag} {path}: not a checkpoint of colorization.py or segmentation.py (no task stamp)")
+    if found != task:
+        other = f" ({hparams.get('model')})" if found == "colorization" else ""
+        raise UserError(f"{flag} {path}: a {found} checkpoint{other}, but this is {task}.py; use it with "
+                        f"`{found}.py {flag} {path}`, or give a checkpoint from LOGS_DIR/{task}/<run>/checkpoints/")
+    if model is not None and hparams.get("model") != model:
+        raise UserError(f"{flag} {path}: a checkpoint of {hparams.get('model')}, not of {model}; run "
+                        f"`python colorization.py {hparams.get('model')} ...` or give a {model} checkpoint")
+    return checkpoint
+
+
+def save_weights(checkpoint_path, path):
+    """Write the weights (state_dict, hyper-parameters, stamp) of the checkpoint at `checkpoint_path` to `path`."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    keep = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step", STAMP, "trunk")
+    weights = {k: checkpoint[k] for k in keep if k in checkpoint}
+    return atomic_save(path, lambda f: torch.save(weights, f))
+
+
 # ----------------------------------------------------------------------------- folders
 
 def create_run(task, prefix, results_root="results", logs_root="logs", name=None):
@@ -99,18 +153,9 @@ def create_run(task, prefix, results_root="results", logs_root="logs", name=None
     results_root, logs_root = Path(results_root) / task, Path(logs_root) / task
     for root in (results_root, logs_root):
         check_writable(root, "choose another with --results-dir / --logs-dir")
-    base = name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for i in range(1, 1000):
-        candidate = base if i == 1 else f"{base}-{i}"
-        if (logs_root / candidate).exists():
-            continue
-        try:
-            (results_root / candidate).mkdir()
-        except FileExistsError:
-            continue
-        (logs_root / candidate).mkdir()
-        return Run(candidate, logs_root / candidate, results_root / candidate)
-    raise UserError(f"no free run folder name for {base!r} in {results_root}")
+    results = claim_folder(results_root, name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}", also=[logs_root])
+    (logs_root / results.name).mkdir()
+    return Run(results.name, logs_root / results.name, results)
 
 
 def run_of_checkpoint(path, task, results_root):
@@ -122,44 +167,48 @@ def run_of_checkpoint(path, task, results_root):
     return Run(logs.name, logs, Path(results_root) / task / logs.name)
 
 
-def start_run(task, prefix, args, settings):
-    """(run, checkpoint path to resume from or None) for this invocation.
+@contextlib.contextmanager
+def claimed_run(task, prefix, config, settings):
+    """The Run of this invocation, for the duration of the block.
 
-    Rank 0 claims a fresh run folder, or with `--resume` finds the run to continue. The other processes
-    of a DDP run take rank 0's choice from HANDOFF_ENV (set here, removed by `run_task` when the run ends).
-    """
+    Rank 0 claims a fresh run folder, or with `--resume` finds the run to continue (and its checkpoint,
+    `Run.resume_from`), and hands both to the other processes of a DDP run through HANDOFF_ENV, which
+    the block's end removes again. A process started by torchrun / srun without the hand-off writes no
+    file of its own (rank 0 writes them all)."""
     handed = os.environ.get(HANDOFF_ENV)
     if rank_zero_only.rank != 0:
-        if not handed:  # launched by torchrun / srun: rank 0 owns the folders and writes every file
-            name = args.run_name or f"{prefix}-rank-follower"
-            return Run(name, Path(args.logs_dir) / task / name, Path(args.results_dir) / task / name), None
-        handed = json.loads(handed)
-        return Run(handed["name"], Path(handed["logs"]), Path(handed["results"])), handed["resume"]
-    resume = None
-    if getattr(args, "resume", None):
-        resume = find_resume(task, args.resume, args.logs_dir, settings)
-        args.resumed_from = str(resume)
-    run = run_of_checkpoint(resume, task, args.results_dir) if resume else None
+        if handed:
+            given = json.loads(handed)  # JSON holds strings: the folders become Paths again
+            yield Run(given["name"], Path(given["logs"]), Path(given["results"]), given["resume_from"])
+        else:
+            name = config.run_name or f"{prefix}-rank-follower"
+            yield Run(name, Path(config.logs_dir) / task / name, Path(config.results_dir) / task / name)
+        return
+    resume = find_resume(task, config.resume, config.logs_dir, settings) if config.resume else None
+    run = run_of_checkpoint(resume, task, config.results_dir) if resume else None
     if run is None:  # a new run, or a checkpoint copied out of its run folder: continue in a new run
-        run = create_run(task, prefix, args.results_dir, args.logs_dir, args.run_name)
+        run = create_run(task, prefix, config.results_dir, config.logs_dir, config.run_name)
     else:
         for folder in (run.results, run.logs):
             check_writable(folder, "choose another with --results-dir / --logs-dir")
-    resume = str(Path(resume).absolute()) if resume else None
+    run = Run(run.name, run.logs, run.results, str(Path(resume).absolute()) if resume else None)
     os.environ[HANDOFF_ENV] = json.dumps({"name": run.name, "logs": str(run.logs), "results": str(run.results),
-                                          "resume": resume})
-    return run, resume
+                                          "resume_from": run.resume_from})
+    try:
+        yield run
+    finally:
+        os.environ.pop(HANDOFF_ENV, None)
 
 
 # ----------------------------------------------------------------------------- resume
 
 def check_resumable(path, task, settings):
     """Raise a UserError unless `path` is a checkpoint of `task` with the same settings (epochs aside)."""
-    checkpoint = check_task(read_checkpoint(path, "--resume"), path, task, flag="--resume")
-    if "loops" not in checkpoint:
-        raise UserError(f"--resume {path}: holds weights but no training state (loops); give last.ckpt or "
+    checkpoint = load_checkpoint(path, task, flag="--resume")
+    if "loops" not in checkpoint or "optimizer_states" not in checkpoint:
+        raise UserError(f"--resume {path}: holds weights but no training state; give last.ckpt or "
                         f"interrupted.ckpt from LOGS_DIR/{task}/<run>/checkpoints/")
-    changed = differences(stamp_settings(checkpoint), settings, ignore=("epochs",))
+    changed = differences(stamp(checkpoint).get("settings"), settings, ignore=("config.epochs",))
     data = [c for c in changed if c.startswith("data.")]
     if data:
         raise UserError(f"--resume {path}: the checkpoint was trained on other data ({'; '.join(data)}); "
@@ -168,6 +217,13 @@ def check_resumable(path, task, settings):
         raise UserError(f"--resume {path}: the checkpoint was trained with other settings ({'; '.join(changed)}); "
                         f"give the same flags as that run, or start a new run without --resume")
     return checkpoint
+
+
+def check_resume_path(spec):
+    """A `--resume PATH` that does not exist is refused before any data is read."""
+    if spec and spec != "last" and not Path(spec).expanduser().is_file():
+        raise UsageError(f"--resume {spec}: no such file; give last, or a .ckpt file from "
+                         f"LOGS_DIR/<task>/<run>/checkpoints/")
 
 
 def find_resume(task, spec, logs_root, settings):
@@ -179,16 +235,16 @@ def find_resume(task, spec, logs_root, settings):
         return path
     root = Path(logs_root) / task
     folders = {p.parent for p in [*root.glob(f"*/checkpoints/{LAST}"), *root.glob(f"*/checkpoints/{INTERRUPTED}")]}
-    skipped = 0
+    refused = []
     for folder in sorted(folders, key=lambda f: max(p.stat().st_mtime for p in f.glob("*.ckpt")), reverse=True):
         path = folder / LAST if (folder / LAST).is_file() else folder / INTERRUPTED
         try:
             check_resumable(path, task, settings)
-        except UserError:
-            skipped += 1
+        except UserError as e:
+            refused.append(f"{folder.parent.name}: {str(e).split(': ', 1)[-1]}")
             continue
         return path
-    others = f" ({skipped} checkpoint(s) there are of runs with other settings, or unreadable)" if skipped else ""
+    others = f"; refused: {' | '.join(refused[:3])}" if refused else ""
     raise UserError(f"--resume last: no checkpoint of a {task} run with these settings in {root}{others}; "
                     f"give the flags of the run to resume, or --resume PATH, or start without --resume")
 
@@ -210,47 +266,12 @@ def finished_runs(results_dir, task, wanted, partial=False):
     return [(folder, summary) for _, _, folder, summary in found]
 
 
-def reuse_or_train(task, prepare, train, args, log=print):
-    """(summary, trained): the newest finished run of `task` with the settings that `prepare(args)`
-    decides, or the summary of `train(args, prepared)`, trained now."""
-    prepared = prepare(args)
-    found = finished_runs(args.results_dir, task, prepared.settings)
+def reuse_or_train(task, prepare, train, config, log=print):
+    """(summary, trained): the newest finished run of `task` with the settings that `prepare(config)`
+    decides, or the summary of `train(config, prepared)`, trained now."""
+    prepared = prepare(config)
+    found = finished_runs(config.results_dir, task, prepared.settings)
     if found:
         log(f"reusing finished run {found[0][0]}")
         return found[0][1], False
-    return train(args, prepared), True
-
-
-def summary_checkpoint(summary, which, logs_dir=None, run=None):
-    """The existing `which` ('best' / 'last') checkpoint of a finished run (named `run`, else as its summary
-    says): in LOGS_DIR/<task>/<run>/ first, then in the logs folder its summary names. None when gone."""
-    run = run or summary.get("run", "")
-    folders = [Path(logs_dir) / summary.get("task", "") / run] if logs_dir is not None and run else []
-    if summary.get("logs"):
-        folders.append(Path(summary["logs"]))
-    return run_checkpoint(folders, which)
-
-
-def find_checkpoint(spec, task, results_dir="results", logs_dir="logs", model=None):
-    """(path, how) of the checkpoint `--checkpoint spec` names: a file, or 'best' / 'last' of the newest
-    finished run of `task` (and `model`)."""
-    if spec not in ("best", "last"):
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise UsageError(f"--checkpoint {path}: not found; give best, last or a .ckpt file from "
-                             f"{Path(logs_dir) / task}/<run>/checkpoints/")
-        return path, "given"
-    wanted = {"task": task, **({"hyperparameters": {"model": model}} if model else {})}
-    runs = finished_runs(results_dir, task, wanted, partial=True)
-    what = f"{task} run" + (f" of {model}" if model else "")
-    if not runs:
-        train = f"python {task}.py {model or ''}".strip() if task == "colorization" else "python segmentation.py --loss ce"
-        raise UserError(f"no finished {what} in {Path(results_dir) / task} (a run is finished once it has "
-                        f"summary.json); train one with `{train}`, or pass --checkpoint PATH")
-    for folder, summary in runs:
-        path = summary_checkpoint(summary, spec, logs_dir, folder.name)
-        if path is not None:
-            return path, f"{spec} of run {folder.name}"
-    newest = runs[0][0].name
-    raise UserError(f"the newest finished {what}, {newest}, has no {spec} checkpoint in "
-                    f"{Path(logs_dir) / task / newest / 'checkpoints'} (were the logs deleted?); pass --checkpoint PATH")
+    return train(config, prepared), True

@@ -1,20 +1,25 @@
-"""A persistent on-disk store of frozen-trunk features, keyed by everything that determines them.
+"""The frozen trunk's features, computed once: in memory for one run, or in a persistent store on disk.
 
-Layout: `ROOT/<key>/` holds one `<split>.npy` per split (plain NumPy arrays, no pickle: they load
-without running code, memory-mapped so a run never needs the whole store in RAM) and `meta.json`
-(the identity the key was made from, every array's shape, dtype and byte size). The key is a
-sha256 of the identity (JSON): backbone, weights identity, image size, normalisation, precision,
-dtype and the content of the images of every split, so features made by another network, of other
-images or at another size are never served.
+DeepLabV3's trunk is frozen and in eval mode, so its output for an image never changes. `trunk_features`
+runs it once over every image of every split (or reads the store) and returns plain tensors, which
+the task hands to the Trainer as datasets; only the new last layer then runs in training. Nothing else
+decides whether a step sees images or features: the task decides it once, in `prepare()`.
 
-Writing: an entry is built in `ROOT/.tmp-<key>-<host>-<pid>-<random>/` and renamed to `ROOT/<key>/`
-when complete (meta.json last), so a reader sees a whole entry or none, and two runs that build the
-same entry at once do not corrupt it (the second rename fails; that run reads the first one's).
-Faults - a temporary folder left by a killed run, an entry without meta.json, a truncated array,
-one of the wrong shape or dtype - are detected, announced in one line, removed and rebuilt. A store
-folder that cannot be written gives one UserError line.
+The store: `ROOT/<key>/` holds one `<split>.npy` per split (plain NumPy arrays, no pickle; opened
+memory-mapped, so a run never holds the whole store in RAM) and `meta.json` (the identity the key was
+made from, every array's shape, dtype and byte size). The key is a sha256 of the identity:
+backbone, weights (file sha256), normalisation, builder, precision, dtype, image size and the content
+of every split's images, so features of another network, precision, size or image are never served.
+
+Writing: an entry is built in `ROOT/.tmp-<key>-<host>-<pid>-<random>/` and renamed into place when
+complete (meta.json last), so a reader sees a whole entry or none. One process at a time builds a
+given entry (a file lock in ROOT, as for downloads); the others wait, then read it: DDP ranks and
+concurrent runs alike. Faults - a temporary folder left by a killed run, an entry without meta.json,
+a truncated array, one of the wrong shape or dtype - are announced in one line, removed and rebuilt.
+A store folder that cannot be written is one UserError line.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,35 +30,28 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from data.download import cache_base, exclusive
 from errors import UserError
+from files import is_writable
 
-FORMAT = 1
+FORMAT = 2  # 2: the random trunk is built as the COCO one is (21 classes, aux head); entries of 1 are stale
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
 
 
 def default_store_dir() -> Path:
-    """`$XDG_CACHE_HOME/image2image/features` when XDG_CACHE_HOME is set, else `.cache/features` in the
-    working directory: a cache folder of the user's, never next to the data."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "image2image" / "features" if xdg else Path(".cache") / "features"
-
-
-def file_digest(path, chunk: int = 1 << 22) -> str:
-    """sha256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """`$XDG_CACHE_HOME/image2image/features` (or `~/.cache/...`): a cache of the user's, never next to the data."""
+    return cache_base() / "features"
 
 
 def array_digest(array) -> str:
     """sha256 (hex) of an array's shape, dtype and bytes (a torch tensor or NumPy array)."""
     a = np.ascontiguousarray(array.numpy() if hasattr(array, "numpy") else array)
     digest = hashlib.sha256(f"{a.shape}|{a.dtype}".encode())
-    digest.update(memoryview(a).cast("B"))
+    digest.update(memoryview(a).cast("B") if a.size else b"")  # an empty split has no bytes
     return digest.hexdigest()
 
 
@@ -61,6 +59,11 @@ def identity_key(identity: dict) -> str:
     """The entry name of an identity: sha256 of its canonical JSON, 24 hex digits."""
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _as_json(identity: dict):
+    """The identity as meta.json records it (tuples become lists, other values strings)."""
+    return json.loads(json.dumps(identity, default=str))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -83,6 +86,19 @@ class FeatureStore:
 
     def entry(self, key: str) -> Path:
         return self.root / key
+
+    @contextlib.contextmanager
+    def locked(self, key: str):
+        """Hold the lock of entry `key` (a file lock in the store folder, made if missing)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not is_writable(self.root):
+                raise PermissionError(13, "not writable")
+        except OSError as err:
+            raise UserError(f"cannot write the feature store in {self.root} ({err.strerror or err}); "
+                            f"choose a writable folder with --feature-store DIR, or use --no-feature-cache") from err
+        with exclusive(self.root, key):
+            yield
 
     # ------------------------------------------------------------------ reading
     def _fault(self, path: Path, reason: str, repair: bool) -> None:
@@ -116,11 +132,12 @@ class FeatureStore:
                           f"(process {parts[1]}); removing it")
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def open(self, key: str, expected: dict, repair: bool = True) -> dict | None:
+    def open(self, key: str, expected: dict, repair: bool = True, identity: dict | None = None) -> dict | None:
         """{split: read-only-on-disk memory-mapped array} of entry `key`, or None when there is none.
 
-        `expected` = {split: (shape tuple, dtype str)}. An entry that does not match it, or is
-        incomplete or truncated, is announced, removed (repair=True) and reported as None."""
+        `expected` = {split: (shape tuple, dtype str)}; `identity`, when given, must be the one recorded in
+        meta.json (an entry renamed or edited by hand is never served for another identity). An entry that
+        does not match, or is incomplete or truncated, is announced, removed (repair=True) and reported as None."""
         path = self.entry(key)
         if not path.exists():
             return None
@@ -132,6 +149,8 @@ class FeatureStore:
             return self._fault(path, f"has an unreadable meta.json ({err})", repair)
         if meta.get("format") != FORMAT or meta.get("key") != key:
             return self._fault(path, "was written in another format or under another key", repair)
+        if identity is not None and meta.get("identity") != _as_json(identity):
+            return self._fault(path, "records another identity than its key stands for", repair)
         arrays = {}
         for split, (shape, dtype) in expected.items():
             file = path / f"{split}.npy"
@@ -210,3 +229,64 @@ class EntryWriter:
     def abort(self) -> None:
         self.arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------- computing them
+
+def feature_identity(trunk: dict, images: dict, precision: str) -> dict:
+    """Everything that determines the features of `images` ({split: uint8 (N, 3, S, S)}): the trunk's
+    identity (models/deeplabv3.py `trunk_identity`), the precision it runs at, the dtype kept and the
+    content and order of each split's images (their size included)."""
+    return {"trunk": trunk, "precision": str(precision), "dtype": "float32",
+            "images": {name: array_digest(x) for name, x in images.items()}, "splits": list(images)}
+
+
+def _compute(features_fn, images, normalise, device, batch_size, out, autocast, name):
+    """features_fn over `images`, batch by batch, written into `out` (a tensor or a NumPy memory map)."""
+    for start in tqdm(range(0, len(images), batch_size), desc=f"trunk features: {name}", unit="batch"):
+        x = normalise(images[start:start + batch_size].to(device))
+        with torch.no_grad(), autocast():
+            f = features_fn(x).float().cpu()
+        out[start:start + len(f)] = f.numpy() if isinstance(out, np.ndarray) else f
+    return out
+
+
+def trunk_features(features_fn, images: dict, normalise, identity: dict, feature_shape, device, store=None,
+                   batch_size=16, autocast=contextlib.nullcontext):
+    """({split: float32 features (N, *feature_shape)}, info) for the images of every split.
+
+    features_fn: images -> features, deterministic (frozen, eval mode); normalise: uint8 images ->
+    its input; identity: `feature_identity(...)`; store: a FeatureStore (read when it holds this
+    identity, else built once and read), or None to compute them in memory for this run.
+    info = {"location", "bytes", "reused", "key", "splits"}, recorded in the run's summary."""
+    device = torch.device(device)
+    if store is None:
+        out = {name: _compute(features_fn, x, normalise, device, batch_size,
+                              torch.empty((len(x), *feature_shape)), autocast, name) for name, x in images.items()}
+        total = sum(t.nbytes for t in out.values())
+        return out, {"location": "memory", "bytes": total, "reused": False, "key": None, "splits": list(images)}
+    key = identity_key(identity)
+    expected = {name: ((len(x), *feature_shape), "float32") for name, x in images.items()}
+    arrays, reused = store.open(key, expected, identity=identity), True
+    if arrays is None:
+        with store.locked(key):  # one builder; the others wait here, then read what it built
+            arrays = store.open(key, expected, identity=identity)
+            if arrays is None:
+                reused = False
+                entry = store.create(key, identity, {n: shape for n, (shape, _) in expected.items()}, "float32")
+                try:
+                    for name, x in images.items():
+                        _compute(features_fn, x, normalise, device, batch_size, entry.arrays[name], autocast, name)
+                except BaseException:
+                    entry.abort()
+                    raise
+                entry.commit()
+                arrays = store.open(key, expected, repair=False, identity=identity)
+    if arrays is None:
+        raise UserError(f"the feature store entry {store.entry(key)} is broken right after it was built; "
+                        f"delete it, or use --no-feature-cache")
+    total = store.nbytes(key)
+    print(f"feature store: {'reused' if reused else 'built'} {store.entry(key)} ({total / 2**20:.1f} MiB, "
+          f"{'/'.join(images)})", flush=True)
+    info = {"location": str(store.entry(key)), "bytes": total, "reused": reused, "key": key, "splits": list(images)}
+    return {name: torch.from_numpy(a) for name, a in arrays.items()}, info

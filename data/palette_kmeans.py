@@ -1,17 +1,16 @@
-"""Regenerate the palette: k-means over the RGB pixels of the CIFAR-10 training horses.
+"""Regenerate the palette (color/color_kmeans24_cat7.npy): k-means over the RGB pixels of the training horses.
 
-    python -m color.kmeans --data-dir ../shared/data/cifar10-horses --out color/color_kmeans24_cat7.npy
+    python -m data.palette_kmeans --data-dir ../shared/data/cifar10-horses --out color/color_kmeans24_cat7.npy
 
 writes a plain float32 (k, 3) .npy in [0, 1] (loads without pickle), colours sorted by luminance.
-See color/README.md for the settings of the shipped file.
+It lives in data/ because it reads the data; color/ only reads the palette. color/README.md gives the
+settings of the shipped file.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from data.cifar import HORSE, TRAIN_BATCHES, ensure_cifar, load_batches
 from errors import UsageError, UserError
+from files import atomic_save
 
 N_INIT = 4
 DEFAULT_MAX_PIXELS = 0  # all pixels (5.1M for CIFAR-10; about 2 minutes on one core)
@@ -54,22 +54,12 @@ def fit_palette(pixels: np.ndarray, k: int = 24, seed: int = 0) -> np.ndarray:
 
 
 def save_palette(colours: np.ndarray, out: str | Path) -> Path:
-    """Write `colours` as a plain .npy atomically (temporary file, then os.replace)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(colours), allow_pickle=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    """Write `colours` as a plain .npy, atomically."""
+    return atomic_save(out, lambda f: np.save(f, np.ascontiguousarray(colours), allow_pickle=False))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m color.kmeans", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m data.palette_kmeans", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/ (or the archive)")
     parser.add_argument("--out", required=True, help="the .npy file to write")
     parser.add_argument("--k", type=int, default=24, help="number of colours (default 24)")

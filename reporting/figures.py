@@ -1,31 +1,35 @@
-"""Figures that runs write to results/: training curves and labelled image grids."""
+"""Figures both tasks' runs and the report write (PNG, atomically): training curves and labelled image grids."""
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from training.files import atomic_save_figure  # noqa: E402
+from files import atomic_save_figure  # noqa: E402
 
 
-def plot_curves(history, panels, path, title):
-    """One subplot per panel: `panels` is a list of (ylabel, [metric keys]); x is the epoch (1-based).
+def plot_curves(history, panels, path, title, lines=None):
+    """One subplot per panel: `panels` is a list of (ylabel, [metric keys]); x is the epoch (from 1).
 
-    `history` is a list of per-epoch dicts (see training.callbacks.EpochHistory).
+    `history` is a list of per-epoch dicts (training/callbacks.py EpochHistory); `lines` optionally maps
+    a panel's ylabel to [(label, y)] horizontal reference lines (e.g. a baseline).
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, (ylabel, keys) in zip(axes[0], panels):
         for key in keys:
-            points = [(h["epoch"] + 1, h[key]) for h in history if h.get(key) is not None]
+            points = [(h["epoch"], h[key]) for h in history if h.get(key) is not None]
             if points:
                 x, y = zip(*points)
                 ax.plot(x, y, marker="o", markersize=3, label=key)
+        for label, y in (lines or {}).get(ylabel, []):
+            ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)  # off the data
     fig.suptitle(title)
     fig.tight_layout()
     atomic_save_figure(fig, path)
@@ -40,8 +44,9 @@ def to_hwc(images):
     return images.permute(0, 2, 3, 1).numpy()
 
 
-def save_image_rows(rows, path, title, col_labels=None):
-    """A grid figure: each row is (label, (N, C, H, W) tensor in [0, 1]); one column per image."""
+def save_image_rows(rows, path, title, col_labels=None, legend=None):
+    """A grid figure: each row is (label, (N, C, H, W) tensor in [0, 1]); one column per image;
+    `legend`: [(label, RGB colour)] explaining the colours of masks."""
     n = max(r[1].shape[0] for r in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(1.35 * n + 0.8, 1.45 * len(rows) + 0.5), squeeze=False)
     for r, (label, images) in enumerate(rows):
@@ -56,20 +61,23 @@ def save_image_rows(rows, path, title, col_labels=None):
                 ax.set_ylabel(label, fontsize=9)
             if r == 0 and col_labels is not None and c < len(col_labels):
                 ax.set_title(col_labels[c], fontsize=8)
+    if legend:
+        fig.legend(handles=[Patch(facecolor=c, edgecolor="black", label=label) for label, c in legend],
+                   loc="lower center", ncol=len(legend), fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if legend else 0, 1, 1))
     atomic_save_figure(fig, path)
     plt.close(fig)
 
 
-def mask_to_rgb(mask, colours=((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ignore=(0.5, 0.5, 0.5), ignore_index=255):
-    """(N, H, W) class ids -> (N, 3, H, W) colours; ignored pixels grey."""
-    import torch
+MASK_COLOURS = {"background": (0.0, 0.0, 0.0), "flower": (1.0, 1.0, 1.0),
+                "ignored: unlabelled border band": (0.5, 0.5, 0.5)}
 
-    table = torch.tensor(list(colours) + [ignore], dtype=torch.float32)
+
+def mask_to_rgb(mask, ignore_index):
+    """(N, H, W) class ids (0 background, 1 flower, `ignore_index`) -> (N, 3, H, W) MASK_COLOURS."""
+    table = torch.tensor(list(MASK_COLOURS.values()), dtype=torch.float32)
     idx = mask.long().clone().cpu()
-    idx[idx == ignore_index] = len(colours)
+    idx[idx == ignore_index] = 2
     return table[idx].permute(0, 3, 1, 2)
 
-
-__all__ = ["plot_curves", "save_image_rows", "to_hwc", "mask_to_rgb", "np"]
