@@ -1,19 +1,12 @@
 """Find, download, checksum and extract: the one helper both data sets (data/cifar.py, data/oxford17.py) use.
 
-- Files are looked for in `data_dir`, then in its cache folder; they are written to `data_dir` when
-  it is writable, else to `cache_folder(dataset, data_dir)` = `$XDG_CACHE_HOME` (or `~/.cache`)
-  `/image2image/<dataset>/<data_dir name>-<hash of its absolute path>`: never next to the data.
-- One process at a time: `prepare_once` holds an exclusive `flock` in the folder it writes to around
-  find-or-download-and-extract; the others block, then find it done (Lightning's `prepare_data` once
-  per node, torchrun / SLURM ranks, or two runs on one machine).
-- Nothing half-done is left: downloads go to `<name>.part` and are renamed when complete, archives
-  are extracted into a temporary folder and moved in when complete, and folders made for a download
-  that then failed are removed again (a mistyped `--data-dir` leaves no empty folder behind).
-- Checksums: `calculate_md5` (torchvision); `move_aside` renames a bad file to `<name>.bad-md5`.
+- Files are looked for in `data_dir`, then in its cache folder, and written to `data_dir` when it is
+  writable, else to its cache folder (`cache_folder`): never next to the data.
+- One process at a time: an exclusive `flock` in the folder written to, around find-or-download-and-extract;
+  the others block, then find it done (`prepare_data` once per node, torchrun / SLURM ranks, two runs).
+- Nothing half-done is left: downloads go to `<name>.part`, archives are extracted into a temporary
+  folder, each renamed when complete; folders made for a download that failed are removed again.
 """
-
-from __future__ import annotations
-
 import contextlib
 import errno
 import fcntl
@@ -28,38 +21,33 @@ import urllib.parse
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
 from errors import DataError
 from files import is_writable
 
-T = TypeVar("T")
 __all__ = ["DownloadFailed", "cache_base", "cache_folder", "calculate_md5", "extract", "fetch", "folder_for_writing",
            "move_aside", "prepare_once", "write_root"]
 
 
 # ----------------------------------------------------------------------------- folders
 
-def cache_base() -> Path:
+def cache_base():
     """$XDG_CACHE_HOME/image2image, or ~/.cache/image2image."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "image2image"
 
 
-def cache_folder(dataset: str, data_dir: str | Path, base: str | Path | None = None) -> Path:
-    """The cache folder of `data_dir` for `dataset`: `base` (default `cache_base()/dataset`) /
-    `<data_dir name>-<12 hex digits of its absolute path>`, so that two read-only data folders
-    never share extracted files."""
+def cache_folder(dataset, data_dir):
+    """`cache_base()/<dataset>/<data_dir name>-<12 hex digits of its absolute path>`: two read-only data
+    folders never share extracted files."""
     data_dir = Path(data_dir).expanduser().absolute()
     key = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
-    root = Path(base).expanduser() if base is not None else cache_base() / dataset
-    return root / f"{data_dir.name or 'root'}-{key}"
+    return cache_base() / dataset / f"{data_dir.name or 'root'}-{key}"
 
 
-def write_root(data_dir: Path, cache: Path, what: str) -> Path:
+def write_root(data_dir, cache, what):
     """`data_dir` when writable, else `cache` (with a warning); a DataError when neither is."""
     if is_writable(data_dir):
         return data_dir
@@ -74,9 +62,9 @@ def write_root(data_dir: Path, cache: Path, what: str) -> Path:
 # ----------------------------------------------------------------------------- one process at a time
 
 @contextlib.contextmanager
-def folder_for_writing(folder: Path):
+def folder_for_writing(folder):
     """Create `folder` (and missing parents) for the block; if the block fails, remove again the folders
-    it created that are still empty, so a failed download leaves no empty `datasets/` behind."""
+    it created that are still empty (a mistyped `--data-dir` leaves no empty folder behind)."""
     folder = Path(folder)
     made = []
     for parent in [folder, *folder.parents]:
@@ -94,7 +82,7 @@ def folder_for_writing(folder: Path):
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path, name: str):
+def exclusive(folder, name):
     """Hold an exclusive lock on `folder/.<name>.lock` (blocking until it is free). The lock file
     is removed on release; a waiter that then holds a lock on the removed file notices (its inode is
     no longer the path's) and locks the new one, so two processes never both hold the lock."""
@@ -121,10 +109,9 @@ def exclusive(folder: Path, name: str):
         os.close(fd)  # releases the lock
 
 
-def prepare_once(root: Path, name: str, find: Callable[[], T | None], make: Callable[[], T]) -> T:
-    """`find()` if it finds something, else `make()` under an exclusive lock in `root` (the folder
-    that `make` writes to). A process that waited for the lock calls `find()` again first, so the
-    work is done once however many processes ask at the same time."""
+def prepare_once(root, name, find, make):
+    """`find()` if it finds something, else `make()` under an exclusive lock in `root` (where `make` writes);
+    a process that waited for the lock calls `find()` again first, so the work is done once."""
     found = find()
     if found is not None:
         return found
@@ -133,20 +120,19 @@ def prepare_once(root: Path, name: str, find: Callable[[], T | None], make: Call
         return found if found is not None else make()
 
 
-# ----------------------------------------------------------------------------- download
+# ----------------------------------------------------------------------------- download, check, extract
 
 class DownloadFailed(DataError):
     """A download that did not complete; `reason` says why (nothing is left behind)."""
 
-    def __init__(self, url: str, reason):
+    def __init__(self, url, reason):
         self.url, self.reason = url, reason
         super().__init__(f"could not download {url} ({reason})")
 
 
-def fetch(url: str, path: Path) -> Path:
-    """Download `url` to `path` through `path.part` (renamed only when complete). file:// URLs
-    (local mirrors, tests) are copied with urllib: torchvision's progress bar needs a Content-Length,
-    which file:// responses lack. Raises DownloadFailed; no partial file is left."""
+def fetch(url, path):
+    """Download `url` to `path` through `path.part`, or raise DownloadFailed. file:// URLs (local mirrors,
+    tests) are copied with urllib: torchvision's progress bar needs a Content-Length, which they lack."""
     path = Path(path)
     part = path.with_name(path.name + ".part")
     part.unlink(missing_ok=True)  # a leftover of ours; download_url would take an existing file as done
@@ -163,9 +149,7 @@ def fetch(url: str, path: Path) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- checksums
-
-def move_aside(path: Path) -> str:
+def move_aside(path):
     """Rename `path` to `<name>.bad-md5` (never deleted); returns what was done, for a message."""
     bad = path.with_name(path.name + ".bad-md5")
     try:
@@ -175,18 +159,11 @@ def move_aside(path: Path) -> str:
         return f"left it in place (could not move it to {bad})"
 
 
-# ----------------------------------------------------------------------------- extraction
-
-def extract(archive: Path, out_dir: Path, member: str, complete: Callable[[Path], bool], hint: str) -> Path:
-    """Extract `archive` and move its folder `member` to `out_dir/member`; returns that path.
-
-    Extraction goes into a temporary folder in `out_dir`; `complete(extracted member folder)` must
-    hold before anything is moved in. A new `member` folder appears in one rename; into an existing
-    one the files are moved one by one (each complete). A corrupt archive or a missing member is a
-    DataError naming the archive and ending with `hint` (what to do); nothing is left half-written.
-    Call it holding the lock (`prepare_once`, `exclusive`): temporary folders of an earlier process
-    that was killed while extracting are removed first.
-    """
+def extract(archive, out_dir, member, complete, hint):
+    """Extract `archive` and move its folder `member` to `out_dir/member` (returned) once
+    `complete(extracted folder)` holds: in one rename, or into an existing folder file by file. A corrupt
+    archive or a missing member is a DataError ending with `hint`. Call it holding the lock: temporary
+    folders of a process killed while extracting are removed first."""
     archive, out_dir = Path(archive), Path(out_dir)
     target = out_dir / member
     for stale in out_dir.glob(".extract-*"):

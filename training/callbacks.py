@@ -1,16 +1,4 @@
-"""The Lightning callbacks both tasks use, each with one job.
-
-- `checkpoints`: the best checkpoint (on the monitored metric) and last.ckpt after every epoch.
-- `EpochHistory`: per-epoch metric history (epochs counted from 1), kept in checkpoints so curves survive a resume.
-- `ProgressBar`: Lightning's bar, redrawn by the clock rather than after every batch, epochs counted from 1.
-- `ValidationGrid`: a TensorBoard image grid of the same validation images after every validation epoch.
-- `CustomScalars`: TensorBoard's Custom Scalars layout (train and val curves in one chart).
-- `Speed`: torch.compile and channels-last memory format, where each is faster.
-- `FiniteLossGuard`: stops the run at the first NaN/inf training loss, before last.ckpt is overwritten.
-- `InterruptCheckpoint`: saves interrupted.ckpt when SIGINT / SIGTERM stops training.
-- `RunStamp`: writes the run's task and settings into every checkpoint (training/runs.py reads it).
-- `RNGState`: saves and restores the random number generators, which Lightning does not.
-"""
+"""The Lightning callbacks both tasks use, each with one job (epochs counted from 1 wherever a person reads them)."""
 import importlib.util
 import os
 import random
@@ -42,10 +30,9 @@ class Checkpoint(ModelCheckpoint):
 
 
 def checkpoints(folder, monitor, mode):
-    """[best, last]: `best-epochNNN.ckpt` keeps the best epoch on `monitor`; `last.ckpt` is rewritten after
-    every epoch. Lightning's own save_last rewrites last.ckpt only when the monitored metric improved,
-    so a run that stalls for ten epochs and dies would lose all ten; a second, unmonitored checkpoint
-    (save_top_k=1: it replaces its one file) does not."""
+    """[best-epochNNN.ckpt on `monitor`, last.ckpt after every epoch]. Lightning's save_last rewrites last.ckpt
+    only when the monitored metric improved (a run that stalls, then dies, would lose those epochs); a second,
+    unmonitored checkpoint (save_top_k=1: it replaces its one file) does not."""
     best = Checkpoint(dirpath=str(folder), filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
                       monitor=monitor, mode=mode, save_top_k=1)
     last = Checkpoint(dirpath=str(folder), filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
@@ -53,11 +40,8 @@ def checkpoints(folder, monitor, mode):
 
 
 class EpochHistory(Callback):
-    """The epoch-level values of the logged metrics after every training epoch, `epoch` counted from 1.
-
-    Validation runs inside the training epoch, so at `on_train_epoch_end` the callback metrics hold
-    both this epoch's train/* and val/* values. The sanity check's values are never recorded.
-    """
+    """The logged epoch-level metrics after every training epoch (validation runs inside it, so train/* and
+    val/* alike), kept in checkpoints so that curves survive a resume; the sanity check is never recorded."""
 
     def __init__(self):
         self.history = []
@@ -95,10 +79,9 @@ class EpochHistory(Callback):
 class ProgressBar(TQDMProgressBar):
     """TQDMProgressBar that redraws at most every `interval` seconds and on a bar's last batch.
 
-    Lightning redraws (and re-reads the logged metrics) after every batch; colourisation steps on a
-    GPU take about a millisecond, so that redraw would be a large part of each step, while a fixed
-    refresh rate of N batches would freeze the bar for minutes when steps are slow. Only public
-    hooks are overridden: each redraws the bar's position absolutely, so skipping some loses nothing."""
+    Lightning redraws after every batch, a large part of a millisecond GPU step, while a fixed rate of N
+    batches freezes the bar when steps are slow. Each overridden (public) hook redraws the bar's position
+    absolutely, so skipping some loses nothing."""
 
     def __init__(self, interval=0.5):
         super().__init__(refresh_rate=1)
@@ -136,9 +119,8 @@ def enlarge(image, factor):
 
 
 class ValidationGrid(Callback):
-    """Logs `rows_fn(pl_module, n)` (a list of (label, (n, C, H, W) images in [0, 1])) as one grid under
-    `tag` after every validation epoch, one row per entry, enlarged `scale` times with nearest-neighbour
-    scaling (sharp pixels in TensorBoard). Rank 0 only; never during the sanity check."""
+    """Logs `rows_fn(pl_module, n)` ([(label, (n, C, H, W) images in [0, 1])]) as one grid, a row per entry,
+    under `tag` after every validation epoch (rank 0, not in the sanity check), enlarged `scale` times."""
 
     def __init__(self, rows_fn, tag, n, scale=1):
         self.rows_fn, self.tag, self.n, self.scale = rows_fn, tag, n, scale
@@ -158,7 +140,7 @@ def chart(*tags):
 
 
 class CustomScalars(Callback):
-    """Writes a Custom Scalars layout ({category: {title: chart(...)}}) into the run's events at fit start."""
+    """Writes a Custom Scalars layout ({category: {title: chart(...)}}) into the run's events."""
 
     def __init__(self, layout):
         self.layout = layout
@@ -169,10 +151,9 @@ class CustomScalars(Callback):
             experiment.add_custom_scalars(self.layout)
 
 
-# What is fastest, by device type, for the colourisation nets: measured by benchmarks/colorization.py
-# (benchmarks/results/cpu-colorization.txt): on the 2-core CPU, torch.compile trains an epoch about
-# 1.5x faster than eager, and channels-last adds nothing to a compiled net (it helps only eager ones).
-# CUDA: channels-last feeds the tensor cores; compile there was not measured (no GPU was lent).
+# Fastest by device type, from benchmarks/results/cpu-colorization.txt: on the 2-core CPU torch.compile trains
+# an epoch ~1.5x faster, and channels-last adds nothing to a compiled net. CUDA: channels-last feeds the
+# tensor cores; compile there was not measured (no GPU was lent).
 FASTEST = {"cpu": {"compile": True, "channels_last": False}, "cuda": {"compile": True, "channels_last": True}}
 
 
@@ -189,11 +170,9 @@ def compile_problem(device):
 
 
 class Speed(Callback):
-    """At setup, for the device the run trains on: channels-last memory format for the whole module, and
-    torch.compile of its `compiled` submodule (nn.Module.compile: in place, so state-dict keys and
-    checkpoints stay those of the eager net). `compile` / `channels_last`: True, False, or None for the
-    FASTEST default of the device type. Where compiling cannot work (`compile_problem`), one warning,
-    and the run trains eagerly. `applied` says what was done."""
+    """At setup: channels-last for the module and torch.compile of its `compiled` submodule (in place, so
+    state-dict keys stay those of the eager net); None means the device type's FASTEST. Where compiling
+    cannot work, one warning and eager training. `applied` says what was done."""
 
     def __init__(self, compile=None, channels_last=None, compiled="model"):
         self.compile, self.channels_last, self.compiled = compile, channels_last, compiled
@@ -218,14 +197,10 @@ class Speed(Callback):
 
 
 class FiniteLossGuard(Callback):
-    """Stops training at the first non-finite training loss.
-
-    Reading a GPU value forces a synchronisation, so on an accelerator the check is accumulated on
-    the device each step (a few one-element kernels, no transfer) and read every `every` steps and
-    at the end of each epoch; the step reported is the first bad one even so. On the CPU every step
-    is checked. Lightning calls checkpoint callbacks last, so the epoch-end check runs before
-    `last.ckpt` would be overwritten with bad weights.
-    """
+    """Stops training at the first non-finite training loss, before last.ckpt is overwritten (Lightning calls
+    checkpoint callbacks last). Reading a GPU value synchronises, so there the check accumulates on the device
+    and is read every `every` steps and at epoch end (still reporting the first bad step); the CPU checks
+    every step."""
 
     def __init__(self, every=50):
         self.every = every
@@ -271,12 +246,9 @@ class FiniteLossGuard(Callback):
 
 
 class InterruptCheckpoint(Callback):
-    """Saves RUN/checkpoints/interrupted.ckpt when SIGINT or SIGTERM stops training (not for other
-    errors, and never with non-finite weights); deletes it once a later fit of the run completes.
-
-    Not Lightning's OnExceptionCheckpoint: with that one in the callbacks, `fit` without a checkpoint
-    silently resumes from whatever it finds; here resuming is always asked for with --resume.
-    """
+    """Saves interrupted.ckpt when SIGINT or SIGTERM stops training (never with non-finite weights); deleted
+    once a later fit completes. Not Lightning's OnExceptionCheckpoint: with it, `fit` silently resumes from
+    whatever it finds; here resuming is always asked for with --resume."""
 
     def __init__(self, dirpath):
         self.ckpt_path = str(Path(dirpath) / INTERRUPTED)
@@ -312,11 +284,8 @@ class RunStamp(Callback):
 
 
 class RNGState(Callback):
-    """Saves and restores the Python, NumPy and torch (CPU and CUDA) random number generators.
-
-    Stored as tensors and plain lists, so a checkpoint still loads with weights_only=True. Restored
-    when Lightning loads the checkpoint, before the first resumed epoch draws anything.
-    """
+    """Saves and restores the Python, NumPy and torch RNGs (Lightning does not), as tensors and lists so that a
+    checkpoint still loads with weights_only=True; restored before the first resumed epoch draws anything."""
 
     def state_dict(self):
         kind, keys, pos, has_gauss, gauss = np.random.get_state()

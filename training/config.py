@@ -1,15 +1,9 @@
-"""Each task's settings as one frozen dataclass: the single source of every default.
+"""Each task's settings as one frozen dataclass of `option(default, help)` fields: the single source of every default.
 
-A task's config class (colorization.py, segmentation.py) lists its fields with `option(default, help)`;
-the shared ones are in `RunConfig` below. From the class come:
-- the command line: `parse(Config, argv)` builds the argparse flags, their help and their checks;
-  `--config FILE` starts from a saved config (flags given on the command line win) and
-  `--print-config` prints the resolved config and exits, as LightningCLI users expect;
-- what a run records: `settings(config)` (the fields that decide its numbers, see `setting=`) and
-  config.json in its run folder, which `--config` reads back;
-- what report.py and the sweep build directly: `Config(model="UNet", epochs=10)`, checked the same way.
-Bad values (on the command line or in a file: unknown key, wrong type, missing file) are one line,
-exit code 2.
+From the class come the command line (`parse`: flags, help and checks; `--config FILE` starts from a run's
+config.json, flags win; `--print-config`, as LightningCLI users expect), what a run records (`settings`: the
+fields that decide its numbers) and configs built directly (`Config(model="UNet")`, checked the same way).
+Bad values, on the command line or in a file, are one line, exit code 2.
 """
 import argparse
 import dataclasses
@@ -37,18 +31,17 @@ def option(default, help, *, flags=(), check=None, choices=None, group="training
                                                             metavar=metavar, positional=positional, shown=shown))
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
+def at_least(low):
+    """The check of an int that is at least `low`."""
+    def check(text):
+        value = int(text)
+        if value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        return value
+    return check
 
 
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"must be at least 0, got {value}")
-    return value
+positive_int, non_negative_int = at_least(1), at_least(0)
 
 
 def positive_float(text):
@@ -73,7 +66,7 @@ def devices_value(text):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """A config dataclass: its values are checked like flags are (type, check, choices) when it is made."""
+    """A config dataclass whose values are checked like flags (type, check, choices) when it is made."""
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -119,8 +112,7 @@ class RunConfig(Config):
 
 
 def _kinds(hint):
-    """The plain types a field's annotation admits, e.g. (float, NoneType) for `float | None`; a
-    `tuple[int, ...]` field (several values: `--batch-sizes 32 64`) admits its item type."""
+    """The plain types an annotation admits: (float, NoneType) for `float | None`, int for `tuple[int, ...]`."""
     if typing.get_origin(hint) is tuple:
         return typing.get_args(hint)[:1]
     return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)

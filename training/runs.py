@@ -1,17 +1,11 @@
-"""Runs: their folders, their settings and checkpoints, and finding an earlier run to reuse or resume.
+"""Runs: their folders, settings and checkpoints, and finding an earlier run to reuse or resume.
 
-Folders: `LOGS/<task>/<run>/` (TensorBoard events, checkpoints/: best-epochNNN.ckpt, last.ckpt, after a
-signal interrupted.ckpt) and `RESULTS/<task>/<run>/` (config.json, summary.json, machine.json, figures,
-model.pt: the best weights alone). A new run never reuses a folder (`files.claim_folder`).
-
-Settings (`run_settings`): the task, the config fields that decide numbers (training/config.py) and
-the data (a checksum of what was read, palette or split). They go into summary.json and every
-checkpoint, and `differences` is the ONE place that decides whether two runs have the same settings:
-for reusing a finished run (report, sweep), for `--resume` (epochs may differ, the data may not) and
-for finding a model to predict with (inference/checkpoints.py).
-
-Every checkpoint is read by `read_checkpoint`, with `torch.load(weights_only=True)`: a file from
-elsewhere never runs code while it is loaded.
+Folders: `LOGS/<task>/<run>/` (TensorBoard events, checkpoints/) and `RESULTS/<task>/<run>/` (config.json,
+summary.json, machine.json, figures, model.pt: the best weights alone); a new run never reuses one.
+Settings (`run_settings`: task, the config fields that decide numbers, the data's checksum) go into summary.json
+and every checkpoint; `differences` is the ONE place that decides whether two runs have the same settings (reuse,
+`--resume`, finding a model to predict with). Every checkpoint is read by `read_checkpoint` with
+`torch.load(weights_only=True)`: a file from elsewhere never runs code while it is loaded.
 """
 import contextlib
 import json
@@ -31,8 +25,8 @@ from files import atomic_save, check_writable, claim_folder
 STAMP = "image2image"  # key of the {task, settings} stamp in every checkpoint (training/callbacks.py RunStamp)
 LAST, INTERRUPTED, WEIGHTS = "last.ckpt", "interrupted.ckpt", "model.pt"
 TASKS = ("colorization", "segmentation")
-# Lightning's DDP launcher starts the other ranks by running the same command again, with environment
-# variables; rank 0's run folder goes to them the same way, set and removed in `claimed_run` only.
+# Lightning's DDP launcher starts the other ranks by running the same command again: rank 0's run folder goes
+# to them in the environment too, set and removed in `claimed_run` only.
 HANDOFF_ENV = "IMAGE2IMAGE_RUN"
 
 
@@ -51,7 +45,7 @@ class Run:
 # ----------------------------------------------------------------------------- settings
 
 def run_settings(task, config_settings, data):
-    """The settings that decide a run's numbers, as plain JSON values (see the module docstring)."""
+    """The settings that decide a run's numbers, as plain JSON values."""
     return _plain({"task": task, "config": config_settings, "data": data})
 
 
@@ -80,11 +74,8 @@ def _same(a, b):
 
 
 def differences(stored, wanted, ignore=(), partial=False):
-    """['key: stored -> wanted', ...] for every setting in which `stored` differs from `wanted`.
-
-    Keys are dotted ("config.lr", "data.checksum"); `ignore` drops keys and their sub-keys. A key
-    missing on one side is a difference, except, with `partial`, keys that `wanted` does not name.
-    """
+    """['key: stored -> wanted', ...] for every dotted key ("config.lr") in which `stored` differs from `wanted`;
+    `ignore` drops keys and their sub-keys; with `partial`, keys that `wanted` does not name are not compared."""
     s, w = _flatten(_plain(stored or {})), _flatten(_plain(wanted))
     keys = w.keys() if partial else w.keys() | s.keys()
     out = []
@@ -169,12 +160,9 @@ def run_of_checkpoint(path, task, results_root):
 
 @contextlib.contextmanager
 def claimed_run(task, prefix, config, settings):
-    """The Run of this invocation, for the duration of the block.
-
-    Rank 0 claims a fresh run folder, or with `--resume` finds the run to continue (and its checkpoint,
-    `Run.resume_from`), and hands both to the other processes of a DDP run through HANDOFF_ENV, which
-    the block's end removes again. A process started by torchrun / srun without the hand-off writes no
-    file of its own (rank 0 writes them all)."""
+    """The Run of this invocation: rank 0 claims a fresh run folder, or with `--resume` finds the run and
+    checkpoint to continue, and hands both to the other DDP ranks through HANDOFF_ENV for the block. A rank
+    started by torchrun / srun without the hand-off writes no file of its own (rank 0 writes them all)."""
     handed = os.environ.get(HANDOFF_ENV)
     if rank_zero_only.rank != 0:
         if handed:
@@ -227,8 +215,8 @@ def check_resume_path(spec):
 
 
 def find_resume(task, spec, logs_root, settings):
-    """The checkpoint `--resume spec` continues: a path (checked), or for 'last' the newest last.ckpt /
-    interrupted.ckpt among the runs of `task` with these settings."""
+    """The checkpoint `--resume spec` continues: a path (checked), or for 'last' the newest last / interrupted
+    checkpoint among the runs of `task` with these settings."""
     if spec != "last":
         path = Path(spec).expanduser()
         check_resumable(path, task, settings)
@@ -252,8 +240,8 @@ def find_resume(task, spec, logs_root, settings):
 # ----------------------------------------------------------------------------- finished runs
 
 def finished_runs(results_dir, task, wanted, partial=False):
-    """[(results folder, summary)] of the finished runs of `task` (summary.json exists: written after
-    training ends) whose settings equal `wanted`, newest first."""
+    """[(results folder, summary)] of the finished runs (with a summary.json) of `task` with settings `wanted`,
+    newest first."""
     found = []
     for path in (Path(results_dir) / task).glob("*/summary.json"):
         try:
@@ -267,8 +255,7 @@ def finished_runs(results_dir, task, wanted, partial=False):
 
 
 def reuse_or_train(task, prepare, train, config, log=print):
-    """(summary, trained): the newest finished run of `task` with the settings that `prepare(config)`
-    decides, or the summary of `train(config, prepared)`, trained now."""
+    """(summary, trained): the newest finished run with the settings of `prepare(config)`, or one trained now."""
     prepared = prepare(config)
     found = finished_runs(config.results_dir, task, prepared.settings)
     if found:

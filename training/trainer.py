@@ -1,15 +1,8 @@
 """The one training flow both tasks share: `run_task` = run folder -> Trainer -> fit [-> test] -> results.
 
-colorization.py and segmentation.py each build their LightningModule, DataModule and settings
-(`Prepared`, in their `prepare()`), then call `run_task` with what differs: the metric to monitor,
-the task's callbacks, `results(...)` that writes the task's figures and returns its summary fields,
-and the headline and HParams metrics of its summary. On global rank 0 `run_task` writes the run's
-config.json (at the start), summary.json, machine.json and model.pt (the best weights) at the end,
-and logs the run's settings with its final metrics to TensorBoard's HParams tab.
-
-The Trainer: TensorBoard logger, best + last checkpoints, epoch history, a clock-throttled progress bar,
-and the Trainer flags from the config, so `--strategy ddp --devices N --num-nodes M` is Lightning's own
-DDP (the DataModules shard the data themselves: data/batching.py).
+Each task builds its `Prepared` (module, data, settings) and passes what differs: monitor, callbacks, results,
+headline and HParams metrics. The Trainer flags come from the config, so `--strategy ddp --devices N` is
+Lightning's own DDP (the DataModules shard the data themselves: data/batching.py).
 """
 import os
 import platform
@@ -91,12 +84,9 @@ def fit(trainer, module, datamodule, run, task):
 
 
 def run_task(config, prepared, *, task, prefix, monitor, mode, callbacks, results, headline, metrics, test=False):
-    """Train `prepared` as `config` says and write its results; the summary dict (global rank 0) or None.
-
-    `results(run, history, test_metrics)` writes the task's figures and returns its own summary fields;
-    `headline(summary)` is the line printed at the end and `metrics(summary)` the {name: number} shown
-    in TensorBoard's HParams tab. With `test`, the test split is evaluated with the best checkpoint.
-    """
+    """Train `prepared`; on global rank 0 write config.json, summary.json, machine.json and model.pt (the best
+    weights) and return the summary, else None. `results(run, history, test_metrics)` writes the task's figures
+    and returns its summary fields; `metrics(summary)` goes to the HParams tab. `test`: score the best checkpoint."""
     module, datamodule = prepared.module, prepared.datamodule
     with claimed_run(task, prefix, config, prepared.settings) as run:
         if rank_zero_only.rank == 0:
@@ -124,16 +114,11 @@ def run_task(config, prepared, *, task, prefix, monitor, mode, callbacks, result
                "weights_file": str(run.results / WEIGHTS), "logs": str(run.logs), "command": shlex.join(sys.argv),
                "versions": library_versions()}
     atomic_write_json(run.results / SUMMARY_FILE, summary)
-    trainer.logger.log_hyperparams(_hparams(settings(config)), {f"hparams/{k}": v for k, v in metrics(summary).items()
-                                                                if v is not None})
+    hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in settings(config).items()}
+    trainer.logger.log_hyperparams(hparams, {f"hparams/{k}": v for k, v in metrics(summary).items() if v is not None})
     trainer.logger.finalize("success")  # flushed now: after fit, Lightning has finalized the logger already
     print(f"{headline(summary)}; results in {run.results}, TensorBoard logs in {run.logs}")
     return summary
-
-
-def _hparams(values):
-    """TensorBoard's HParams tab takes numbers, strings and booleans."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
 # ----------------------------------------------------------------------------- what ran, and where
@@ -149,7 +134,6 @@ def library_versions():
 
 
 def cpu_model():
-    """The CPU's model name: lscpu's "Model name", else /proc/cpuinfo, else platform.processor()."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
                              env={**os.environ, "LC_ALL": "C"}).stdout
@@ -168,7 +152,6 @@ def cpu_model():
 
 
 def describe_machine():
-    """cpu, logical_cpus, torch_threads, accelerator, platform (JSON values)."""
     import torch
 
     gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
