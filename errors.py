@@ -1,13 +1,10 @@
-"""The exceptions the command-line programs turn into one line: `error: <message>` and an exit code.
-
-Raise `UserError` (or a kind below) for anything the user can fix: a missing or corrupt file, a bad
-flag value, missing pretrained weights. The message says what is wrong and what to do; the
-programs print it without a traceback unless `--debug` is given.
+"""The exceptions the command-line programs turn into one line, `error: <message>`, and an exit code: for
+anything the user can fix. The message says what is wrong and what to do (a traceback only with --debug).
 """
 
 
 class UserError(Exception):
-    """A problem with the user's input, files or environment; str(e) says what to do."""
+    """A problem with the user's input, files or environment."""
 
     exit_code = 1
 

@@ -1,12 +1,7 @@
 """File utilities every layer uses: atomic writes, writability probes and fresh-folder claims.
 
-- `atomic_write_*` / `atomic_save_figure`: write a temporary file beside the target, then rename it
-  over the target, so a crash or a full disk never leaves half a summary, CSV, PNG or weights file.
-  The file gets the permissions a plain `open(path, "w")` would give (the umask is honoured).
-- `is_writable` / `check_writable`: really create a file (for root, `os.access` says yes even on a
-  read-only mount). `is_writable` never creates the folder it probes.
-- `claim_folder`: a new folder `<base>`, `<base>-2`, ... claimed with an exclusive mkdir, so two
-  processes started in the same second never share one (run folders, prediction folders).
+Atomic writes go to a temporary file beside the target, renamed over it: a crash or a full disk never leaves
+half a summary, CSV, PNG or weights file. The file gets the permissions a plain `open(path, "w")` would give.
 """
 import json
 import os
@@ -58,8 +53,8 @@ def atomic_save(path, save):
 
 
 def is_writable(folder):
-    """Whether a file can be created in `folder`, or, when it does not exist, in its nearest existing
-    parent (where it would be created). Nothing is left behind."""
+    """Whether a file can really be created (for root, `os.access` says yes even on a read-only mount) in
+    `folder`, or in its nearest existing parent when it does not exist. Nothing is left behind."""
     folder = Path(folder).expanduser().absolute()
     while not folder.exists():
         folder = folder.parent
@@ -87,8 +82,8 @@ def check_writable(folder, hint):
 
 
 def claim_folder(root, base, also=()):
-    """A new folder root/<base>[-N], claimed with an exclusive mkdir; a name already taken in any of the
-    `also` roots (e.g. the logs folder of a run) is skipped too."""
+    """A new folder root/<base>[-N], claimed with an exclusive mkdir (two processes started in the same second
+    never share one); a name taken in any of the `also` roots (a run's logs folder) is skipped too."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10000):

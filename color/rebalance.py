@@ -2,9 +2,8 @@
 (ECCV 2016), eq. 3-4, on the palette colours instead of the paper's 313 ab bins.
 
 Cross-entropy over an imbalanced colour distribution favours the common, desaturated colours. The
-rebalanced loss weights every pixel by the weight of its *target* colour q:
+rebalanced loss (losses/cross_entropy.py) weights every pixel by the weight of its *target* colour q:
 
-    L = mean over pixels of  w[q] * (-log softmax(logits)[q])
     w  proportional to  ((1 - lambda) * p~ + lambda / Q) ** -1,   normalised so that  sum_q p~_q w_q = 1
 
 - p: the empirical distribution of the palette colours over the training pixels (bincount / count).
@@ -16,10 +15,6 @@ rebalanced loss weights every pixel by the weight of its *target* colour q:
 - Q = the number of palette colours (24).
 - lambda = 1 gives uniform weights, w = 1: exactly the plain cross-entropy. lambda = 0 gives pure
   inverse-frequency weights (not "off"!). The paper uses lambda = 0.5.
-
-The weights are computed once from the training split and travel in the checkpoint (buffers of
-losses/cross_entropy.py's RebalancedCrossEntropy), so resume uses the same ones; the loss itself is
-there, this module only says which weights.
 """
 import torch
 

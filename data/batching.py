@@ -1,17 +1,5 @@
 """DataLoaders over tensors in memory: one gather per batch, a training order from (seed, epoch) alone,
-and exact evaluation under DDP.
-
-- `TensorBatches`: a TensorDataset whose `__getitems__` returns a whole batch with one gather per
-  tensor instead of N item lookups and a `torch.stack` (with `keep_batch` as collate_fn). Its tensors
-  may live on the GPU: then only the indices travel, once per batch.
-- `EpochShuffle`: PyTorch's RandomSampler draws each epoch's seed from the global RNG, so the order
-  of epoch 3 depends on everything that used the RNG before; after a resume that state is gone. This
-  one permutes with a generator seeded from (seed, epoch), so a resumed run sees the same batches.
-- `make_sampler`: in one process EpochShuffle or in order. Under DDP the training sampler is torch's
-  DistributedSampler (it pads by repeating a few items: every rank must run the same number of
-  steps) and evaluation gets Lightning's UnrepeatedDistributedSampler: each item exactly once over
-  all ranks, so validation and test metrics equal a single-process evaluation.
-"""
+and exact evaluation under DDP."""
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -22,7 +10,8 @@ from errors import UsageError
 
 
 class TensorBatches(TensorDataset):
-    """A TensorDataset that also serves whole batches: `__getitems__(indices)` = tuple of `t[indices]`."""
+    """A TensorDataset whose `__getitems__(indices)` is the batch, one gather per tensor instead of N lookups
+    and a stack (with `keep_batch` as collate_fn); for tensors on the GPU only the indices travel."""
 
     def __getitems__(self, indices):
         index = torch.as_tensor(indices, dtype=torch.long)
@@ -51,8 +40,8 @@ def epoch_seed(seed, epoch):
 
 
 class EpochShuffle(RandomSampler):
-    """Random order per epoch from (seed, epoch) alone. Lightning calls `set_epoch(e)` before each
-    training epoch; without Lightning the epoch counts up by itself."""
+    """Random order per epoch from (seed, epoch) alone: RandomSampler's depends on the global RNG, whose state
+    a resume loses. Lightning calls `set_epoch(e)` before each epoch; without it the epoch counts up."""
 
     def __init__(self, data_source, seed=0):
         super().__init__(data_source)
@@ -82,7 +71,8 @@ def accelerator_device(datamodule):
 
 
 def make_sampler(dataset, train, rank=0, world_size=1, seed=0):
-    """Shuffled for training, in order for evaluation; sharded over `world_size` ranks when there are several."""
+    """Shuffled for training, in order for evaluation. Under DDP, training pads by repeating a few items (every
+    rank runs the same steps) and evaluation sees each item once over all ranks: single-process metrics."""
     if world_size <= 1:
         return EpochShuffle(dataset, seed) if train else SequentialSampler(dataset)
     if train:
@@ -107,8 +97,7 @@ def tensor_loader(datamodule, dataset, train, num_workers=0, pin_memory=False):
 
 class TensorDataModule(pl.LightningDataModule):
     """A DataModule over given `datasets` ({"train", "val", "test": TensorBatches}), e.g. a frozen trunk's
-    features and their masks (segmentation.py), served like the others above; `info` says where they
-    came from (for the run's summary)."""
+    features and their masks; `info` says where they came from (for the run's summary)."""
 
     def __init__(self, datasets, batch_size, seed=0, info=None):
         super().__init__()

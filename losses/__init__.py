@@ -1,9 +1,4 @@
-"""The losses by name: `make_loss(name, **kwargs)`; an unknown name is refused with the known ones.
-
-- "ce": pixel cross-entropy (losses/cross_entropy.py), optionally skipping an ignore label;
-- "rebalanced_ce": cross-entropy with class weights (Zhang et al. 2016; weights from color/rebalance.py);
-- "iou": the homework's soft IoU loss (losses/iou.py).
-"""
+"""The losses by name: `make_loss(name, **kwargs)`; an unknown name is refused with the known ones."""
 from losses.cross_entropy import CrossEntropy, RebalancedCrossEntropy
 from losses.iou import SoftIoULoss
 
@@ -11,7 +6,6 @@ LOSSES = {"ce": CrossEntropy, "rebalanced_ce": RebalancedCrossEntropy, "iou": So
 
 
 def make_loss(name, **kwargs):
-    """The loss registered as `name`, built with `kwargs`."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
     return LOSSES[name](**kwargs)

@@ -1,13 +1,4 @@
-"""Pixel-wise cross-entropy, plain or class-rebalanced (colourisation and segmentation).
-
-Rebalancing follows Zhang, Isola and Efros, "Colorful Image Colorization" (ECCV 2016), eq. 3: each
-pixel's loss is weighted by the weight of its *target* class q,
-
-    L = mean over pixels of  w[q] * (-log softmax(logits)[q]),
-
-divided by the number of pixels, not by the sum of the weights (PyTorch's `weight=` would divide).
-The weights themselves (eq. 4) are computed from the training data by color/rebalance.py and kept
-in this loss's buffers, so checkpoints, resume and prediction carry them.
+"""Pixel-wise cross-entropy, plain or class-rebalanced (the weights: color/rebalance.py).
 
 Every loss here has `terms(logits, target) -> (plain CE, the loss optimised)` from one log-softmax,
 and `count(target)`: how many items its mean is over (for exact epoch means).
@@ -36,10 +27,9 @@ class CrossEntropy(nn.Module):
 
 
 class RebalancedCrossEntropy(CrossEntropy):
-    """Cross-entropy with each pixel weighted by its target class's weight (eq. 3 above).
-
-    Buffers: `class_weights` w (ones until `set_weights`: the plain cross-entropy) and `prior`, the
-    smoothed class distribution they were computed from (zeros until then)."""
+    """Zhang et al. 2016, eq. 3: mean over pixels of w[target] * CE, divided by the number of pixels, not by
+    the sum of the weights (as PyTorch's `weight=` would). Buffers, so checkpoints carry them: `class_weights`
+    (ones until `set_weights`) and `prior`, the smoothed distribution they came from (zeros until then)."""
 
     def __init__(self, num_classes):
         super().__init__()

@@ -7,10 +7,9 @@ channel 1) and Y = ground-truth flower mask (1 flower, 0 background):
 
 summed over the image's pixels whose target is not `ignore_index` (None: every pixel counts); the
 loss is the mean of L over the images of the batch. `eps` (default 1e-6) is added to numerator and
-denominator only so that an image with no flower and no predicted flower (I = U = 0), or with every pixel ignored, gives
-L = 0 instead of NaN; for any other image it changes L by less than eps / U.
+denominator only so that an image with no flower and no predicted flower (I = U = 0), or with every
+pixel ignored, gives L = 0 instead of NaN; for any other image it changes L by less than eps / U.
 """
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,14 +17,8 @@ from torch import nn
 EPS = 1e-6
 
 
-def soft_iou_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None, eps: float = EPS
-) -> torch.Tensor:
-    """Mean over the batch of 1 - (I + eps) / (U + eps); see the module docstring.
-
-    logits: (N, 2, H, W) raw scores (channel 1 = flower); target: (N, H, W) integers in
-    {0, 1, ignore_index}. Returns a scalar tensor.
-    """
+def soft_iou_loss(logits, target, ignore_index=None, eps=EPS):
+    """The loss above of (N, 2, H, W) logits (channel 1 = flower) and (N, H, W) targets in {0, 1, ignore_index}."""
     if logits.dim() != 4 or logits.shape[1] != 2:
         raise ValueError(f"soft_iou_loss expects logits of shape (N, 2, H, W), got {tuple(logits.shape)}")
     if target.shape != logits.shape[:1] + logits.shape[2:]:
@@ -41,17 +34,16 @@ def soft_iou_loss(
 class SoftIoULoss(nn.Module):
     """Module form of `soft_iou_loss` (same arguments, stored at construction)."""
 
-    def __init__(self, ignore_index: int | None = None, eps: float = EPS):
+    def __init__(self, ignore_index=None, eps=EPS):
         super().__init__()
-        self.ignore_index = ignore_index
-        self.eps = eps
+        self.ignore_index, self.eps = ignore_index, eps
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits, target):
         return soft_iou_loss(logits, target, self.ignore_index, self.eps)
 
-    def count(self, target: torch.Tensor) -> int:
-        """The loss is a mean over images: how many `target` holds (for exact epoch means)."""
+    def count(self, target):
+        """The loss is a mean over images (for exact epoch means)."""
         return len(target)
 
-    def extra_repr(self) -> str:
+    def extra_repr(self):
         return f"ignore_index={self.ignore_index}, eps={self.eps}"

@@ -11,11 +11,8 @@ from files import atomic_save_figure  # noqa: E402
 
 
 def plot_curves(history, panels, path, title, lines=None):
-    """One subplot per panel: `panels` is a list of (ylabel, [metric keys]); x is the epoch (from 1).
-
-    `history` is a list of per-epoch dicts (training/callbacks.py EpochHistory); `lines` optionally maps
-    a panel's ylabel to [(label, y)] horizontal reference lines (e.g. a baseline).
-    """
+    """One subplot per (ylabel, [metric keys]) panel of the per-epoch `history` dicts; `lines`: {ylabel:
+    [(label, y)]} horizontal reference lines (e.g. a baseline)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, (ylabel, keys) in zip(axes[0], panels):
         for key in keys:
