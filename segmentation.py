@@ -7,9 +7,7 @@ outputs, trains, with cross-entropy or the soft IoU loss, scored by mIoU.
     python segmentation.py --predict flower.jpg    # masks for your own images (inference/segment.py)
     python segmentation.py --export onnx           # export a trained network (inference/export.py)
 
-This file: the config (every default, once), the LightningModule, `prepare()` and the entry point. The network
-is built in models/deeplabv3.py, the losses are in losses/, the data, split, masks and preprocessing in
-data/oxford17.py, the trunk's features in data/features.py, what a run writes in reporting/segmentation.py.
+This file: the config (every default, once), the LightningModule, `prepare()` and the entry point.
 """
 import contextlib
 import functools

@@ -1,24 +1,16 @@
 """The frozen trunk's features, computed once: in memory for one run, or in a persistent store on disk.
 
-DeepLabV3's trunk is frozen and in eval mode, so its output for an image never changes. `trunk_features`
-runs it once over every image of every split (or reads the store) and returns plain tensors, which
-the task hands to the Trainer as datasets; only the new last layer then runs in training. Nothing else
-decides whether a step sees images or features: the task decides it once, in `prepare()`.
+DeepLabV3's trunk is frozen and in eval mode, so its output for an image never changes: `trunk_features`
+runs it once over every image (or reads the store) and only the new last layer runs in training.
 
-The store: `ROOT/<key>/` holds one `<split>.npy` per split (plain NumPy arrays, no pickle; opened
-memory-mapped, so a run never holds the whole store in RAM) and `meta.json` (the identity the key was
-made from, every array's shape, dtype and byte size). The key is a sha256 of the identity:
-backbone, weights (file sha256), normalisation, builder, precision, dtype, image size and the content
-of every split's images, so features of another network, precision, size or image are never served.
-
-Writing: an entry is built in `ROOT/.tmp-<key>-<host>-<pid>-<random>/` and renamed into place when
-complete (meta.json last), so a reader sees a whole entry or none. One process at a time builds a
-given entry (a file lock in ROOT, as for downloads); the others wait, then read it: DDP ranks and
-concurrent runs alike. Faults - a temporary folder left by a killed run, an entry without meta.json,
-a truncated array, one of the wrong shape or dtype - are announced in one line, removed and rebuilt.
-A store folder that cannot be written is one UserError line.
+The store: `ROOT/<key>/` holds one `<split>.npy` per split (no pickle; memory-mapped, so a run never holds
+the store in RAM) and `meta.json` (the identity, every array's shape, dtype and bytes). The key is a sha256
+of the identity (trunk, precision, dtype and every split's image content), so features of another network,
+precision, size or image are never served. An entry is built in a temporary folder, by one process at a
+time (a file lock in ROOT), and renamed into place when complete, so a reader sees a whole entry or none.
+Faults (a killed run's temporary folder, a missing meta.json, a truncated or mis-shaped array) are
+announced in one line, removed and rebuilt.
 """
-
 import contextlib
 import hashlib
 import json
@@ -66,6 +58,10 @@ def _as_json(identity: dict):
     return json.loads(json.dumps(identity, default=str))
 
 
+def _unwritable(root, err, hint="choose a writable folder with --feature-store DIR, or use --no-feature-cache"):
+    return UserError(f"cannot write the feature store in {root} ({err.strerror or err}); {hint}")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -77,8 +73,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 class FeatureStore:
-    """Entries of features in `root` (see the module docstring). `announce(line)` reports faults
-    and rebuilds (default: print)."""
+    """Entries of features in `root`; `announce(line)` reports faults and rebuilds (default: print)."""
 
     def __init__(self, root, announce=None):
         self.root = Path(root).expanduser()
@@ -95,8 +90,7 @@ class FeatureStore:
             if not is_writable(self.root):
                 raise PermissionError(13, "not writable")
         except OSError as err:
-            raise UserError(f"cannot write the feature store in {self.root} ({err.strerror or err}); "
-                            f"choose a writable folder with --feature-store DIR, or use --no-feature-cache") from err
+            raise _unwritable(self.root, err) from err
         with exclusive(self.root, key):
             yield
 
@@ -133,11 +127,9 @@ class FeatureStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def open(self, key: str, expected: dict, repair: bool = True, identity: dict | None = None) -> dict | None:
-        """{split: read-only-on-disk memory-mapped array} of entry `key`, or None when there is none.
-
-        `expected` = {split: (shape tuple, dtype str)}; `identity`, when given, must be the one recorded in
-        meta.json (an entry renamed or edited by hand is never served for another identity). An entry that
-        does not match, or is incomplete or truncated, is announced, removed (repair=True) and reported as None."""
+        """{split: copy-on-write memory-mapped array} of entry `key`, or None; `expected` = {split: (shape, dtype)}.
+        `identity`, when given, must be meta.json's (an entry renamed by hand is never served for another). An
+        entry that does not match, or is incomplete or truncated, is announced, removed (`repair`) and None."""
         path = self.entry(key)
         if not path.exists():
             return None
@@ -186,8 +178,7 @@ class FeatureStore:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
         except OSError as err:
-            raise UserError(f"cannot write the feature store in {self.root} ({err.strerror or err}); "
-                            f"choose a writable folder with --feature-store DIR, or use --no-feature-cache") from err
+            raise _unwritable(self.root, err) from err
         return EntryWriter(self, key, identity, shapes, dtype, tmp)
 
 
@@ -204,8 +195,7 @@ class EntryWriter:
                                                                shape=tuple(shape))
         except OSError as err:
             self.abort()
-            raise UserError(f"cannot write the feature store in {store.root} ({err.strerror or err}); "
-                            f"free space or choose another folder with --feature-store DIR") from err
+            raise _unwritable(store.root, err, "free space or choose another folder with --feature-store DIR") from err
 
     def commit(self) -> bool:
         """Flush, write meta.json, rename into place. False when another run put the entry there first
@@ -235,8 +225,7 @@ class EntryWriter:
 
 def feature_identity(trunk: dict, images: dict, precision: str) -> dict:
     """Everything that determines the features of `images` ({split: uint8 (N, 3, S, S)}): the trunk's
-    identity (models/deeplabv3.py `trunk_identity`), the precision it runs at, the dtype kept and the
-    content and order of each split's images (their size included)."""
+    identity, the precision it runs at, the dtype kept and each split's images in order."""
     return {"trunk": trunk, "precision": str(precision), "dtype": "float32",
             "images": {name: array_digest(x) for name, x in images.items()}, "splits": list(images)}
 
@@ -253,12 +242,9 @@ def _compute(features_fn, images, normalise, device, batch_size, out, autocast, 
 
 def trunk_features(features_fn, images: dict, normalise, identity: dict, feature_shape, device, store=None,
                    batch_size=16, autocast=contextlib.nullcontext):
-    """({split: float32 features (N, *feature_shape)}, info) for the images of every split.
-
-    features_fn: images -> features, deterministic (frozen, eval mode); normalise: uint8 images ->
-    its input; identity: `feature_identity(...)`; store: a FeatureStore (read when it holds this
-    identity, else built once and read), or None to compute them in memory for this run.
-    info = {"location", "bytes", "reused", "key", "splits"}, recorded in the run's summary."""
+    """({split: float32 features (N, *feature_shape)}, info for the run's summary) of every split's images.
+    normalise: uint8 images -> the input of `features_fn`; store: a FeatureStore (read, or built once and
+    read), or None to compute them in memory for this run."""
     device = torch.device(device)
     if store is None:
         out = {name: _compute(features_fn, x, normalise, device, batch_size,

@@ -2,26 +2,11 @@
 
 Sources (VGG Oxford, https://www.robots.ox.ac.uk/~vgg/data/flowers/17/): `17flowers.tgz`
 (jpg/image_0001.jpg .. image_1360.jpg, 80 per class in class order), `trimaps.tgz`
-(trimaps/image_XXXX.png for 848 of the images) and `datasplits.mat` (trn1..3 / val1..3 / tst1..3,
-1-based image numbers). Only images that have a trimap are used.
-
-Masks: trimap colour (128, 0, 0) = flower (1); (0, 0, 0) = the unlabelled band = IGNORE_INDEX (255),
-or background with unlabelled="background"; every other colour = background (0).
-
-Preprocessing, the same for training and `--predict` (`preprocess`, `normalise`): 8-bit RGB resized
-bilinearly to image_size x image_size (masks with nearest neighbour), scaled to [0, 1] and normalised
-with the weights' mean and std.
-
-Files (`prepare_data`, through data/download.py): existing jpg/ and trimaps/ folders in `data_dir`
-(or its cache folder) are used as they are; otherwise the archives there are extracted, or
-downloaded first when `download=True`. md5 rule: a DOWNLOADED file with a known md5 that does not
-match is moved aside to `<name>.bad-md5` and is a DataError; a file the user put in `data_dir` is
-used as given (its md5 result is recorded, with a warning on a mismatch). Split k comes from
-datasplits.mat when it is there, else it is generated from the data and k alone (stratified by
-class, 50/25/25; `--seed` plays no part); one line says which. What was found, downloaded,
-md5-checked and extracted is recorded in `self.source`; the split's source and hash in `split_info`.
+(trimaps/image_XXXX.png for 848 of the images; only those images are used) and `datasplits.mat`
+(trn1..3 / val1..3 / tst1..3, 1-based image numbers). Existing jpg/ and trimaps/ folders in `data_dir`
+(or its cache folder) are used as they are; otherwise the archives are extracted, downloaded first
+when `download=True`. Split k comes from datasplits.mat, else it is generated from the data and k alone.
 """
-
 import hashlib
 import json
 import os
@@ -47,13 +32,9 @@ IMAGES_ARCHIVE = "17flowers.tgz"
 TRIMAPS_ARCHIVE = "trimaps.tgz"
 SPLITS_FILE = "datasplits.mat"
 # md5 values as listed by public loader code (not verifiable here); none is known for trimaps.tgz
-MD5 = {
-    IMAGES_ARCHIVE: "b59a65d8d1a99cd66944d474e1289eab",
-    TRIMAPS_ARCHIVE: None,
-    SPLITS_FILE: "4828cddfd0d803c5abbdebcb1e148a1e",
-}
+MD5 = {IMAGES_ARCHIVE: "b59a65d8d1a99cd66944d474e1289eab", TRIMAPS_ARCHIVE: None,
+       SPLITS_FILE: "4828cddfd0d803c5abbdebcb1e148a1e"}
 IMAGES_PER_CLASS = 80
-NUM_CLASSES = 17
 FLOWER, BACKGROUND, IGNORE_INDEX = 1, 0, 255  # IGNORE_INDEX: left out by the losses and the metric
 FLOWER_RGB = (128, 0, 0)
 UNLABELLED_RGB = (0, 0, 0)
@@ -69,8 +50,8 @@ def _rgb_code(rgb: np.ndarray) -> np.ndarray:
 
 
 def trimap_to_mask(rgb: np.ndarray, unlabelled: str = "ignore") -> np.ndarray:
-    """(..., 3) uint8 trimap colours -> (...) uint8 mask: 1 flower, 0 background, and the
-    black unlabelled band 255 (unlabelled="ignore") or 0 (unlabelled="background")."""
+    """(..., 3) uint8 trimap colours -> (...) uint8 mask: (128, 0, 0) flower 1, the black unlabelled band
+    IGNORE_INDEX (unlabelled="ignore") or background, every other colour background 0."""
     if unlabelled not in UNLABELLED_CHOICES:
         raise UsageError(f"unlabelled must be one of {UNLABELLED_CHOICES}, got {unlabelled!r}")
     rgb = np.asarray(rgb, dtype=np.uint8)
@@ -88,9 +69,8 @@ def class_of(number: int) -> int:
 
 
 def generated_split(numbers, seed: int) -> dict[str, list[int]]:
-    """Deterministic split stratified by class: per class, shuffle with `seed`, then the first
-    ceil(m/2) go to train, half of the rest (rounded down) to val, the remainder to test.
-    The DataModule passes seed = its `split` (1, 2 or 3), never the training seed."""
+    """Split stratified by class: per class, shuffled with `seed`, ceil(m/2) to train, half of the rest (rounded
+    down) to val, the remainder to test. The DataModule passes seed = its `split`, never the training seed."""
     rng = np.random.default_rng(seed)
     out = {name: [] for name in SPLIT_NAMES}
     by_class: dict[int, list[int]] = {}
@@ -144,14 +124,14 @@ def _count(folder: Path, pattern: str) -> int:
 
 
 def preprocess(rgb8: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 RGB (H, W, 3) -> uint8 (3, size, size): resized bilinearly (Pillow antialiases when
-    shrinking). Training images and the images given to `--predict` both go through here."""
+    """uint8 RGB (H, W, 3) -> uint8 (3, size, size), resized bilinearly (Pillow antialiases when shrinking):
+    training images and those given to `--predict` alike."""
     resized = np.asarray(Image.fromarray(np.ascontiguousarray(rgb8)).resize((size, size), Image.BILINEAR))
     return torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous()
 
 
 def normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 (..., 3, S, S) -> float, scaled to [0, 1] and normalised, on the images' device."""
+    """uint8 (..., 3, S, S) -> float, scaled to [0, 1] and normalised with the weights' mean and std."""
     mean = torch.as_tensor(mean, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
     return (images_uint8.float() / 255 - mean) / std
@@ -207,33 +187,14 @@ class Oxford17Pairs(Dataset):
 class Oxford17(pl.LightningDataModule):
     """Oxford 17 flowers with trimaps: binary flower (1) / background (0) / ignore (255) masks.
 
-    mean / std: the normalisation the network expects (the default leaves images in [0, 1]).
-    Extra arguments beyond the basics: `augment` (random horizontal flip of train items),
-    `cache_dir` (where archives are extracted/downloaded when `data_dir` is not writable; default
-    `data.download.cache_folder("oxford17", data_dir)`) and `checksums` (override of the md5 table,
-    e.g. {"17flowers.tgz": None} to skip a check). `split` alone (with the data) decides the split;
-    `seed` only orders the training batches.
-    After `setup`: `train_set` / `val_set` / `test_set`, `split_numbers`, `split_source`,
-    `split_info`, `source`.
+    mean / std: the normalisation the network expects (the default leaves images in [0, 1]); `augment`:
+    random horizontal flips of train items; `checksums` overrides the md5 table ({"17flowers.tgz": None}
+    skips a check). `split` alone decides the split; `seed` only orders the training batches.
     """
 
-    def __init__(
-        self,
-        data_dir="datasets/oxford17",
-        split: int = 1,
-        image_size: int = 224,
-        batch_size: int = 16,
-        num_workers: int = 0,
-        unlabelled: str = "ignore",
-        download: bool = True,
-        seed: int = 0,
-        mean=(0.0, 0.0, 0.0),
-        std=(1.0, 1.0, 1.0),
-        base_url: str = URL,
-        augment: bool = False,
-        cache_dir=None,
-        checksums: dict | None = None,
-    ):
+    def __init__(self, data_dir="datasets/oxford17", split=1, image_size=224, batch_size=16, num_workers=0,
+                 unlabelled="ignore", download=True, seed=0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), base_url=URL,
+                 augment=False, cache_dir=None, checksums=None):
         super().__init__()
         # prepare_data writes only to data_dir (or its cache) on this machine, and locks while it does:
         # Lightning calls it on local rank 0 of every node; setup() finds the files on any rank.
@@ -262,12 +223,9 @@ class Oxford17(pl.LightningDataModule):
     def _url(self, name: str) -> str:
         return self.base_url + name
 
-    def _lookup_roots(self) -> list[Path]:
-        return [self.data_dir, self.cache_dir]
-
     def _check_md5(self, path: Path, name: str, notes: dict, downloaded: bool) -> None:
         """Record the md5 check in notes. A downloaded file with the wrong md5 is moved aside to
-        <name>.bad-md5 and is a DataError; a file the user put there is used as given (warning)."""
+        <name>.bad-md5 and is a DataError; a file the user put there is used as given (with a warning)."""
         expected = self.md5.get(name)
         if expected is None:
             notes["md5"] = "no md5 known"
@@ -285,10 +243,11 @@ class Oxford17(pl.LightningDataModule):
                         f"{move_aside(path)}: download it again and put it in {path.parent}")
 
     def _find(self, name: str) -> Path | None:
-        return next((root / name for root in self._lookup_roots() if (root / name).is_file()), None)
+        return next((root / name for root in (self.data_dir, self.cache_dir) if (root / name).is_file()), None)
 
     def _find_folder(self, folder: str, pattern: str) -> Path | None:
-        return next((root / folder for root in self._lookup_roots() if _count(root / folder, pattern)), None)
+        return next((root / folder for root in (self.data_dir, self.cache_dir) if _count(root / folder, pattern)),
+                    None)
 
     def _find_or_download(self, name: str, notes: dict) -> Path | None:
         """Path of file `name` in data_dir (or the cache), downloading it if allowed; None if it is
@@ -342,10 +301,8 @@ class Oxford17(pl.LightningDataModule):
         return self.download and self._find(SPLITS_FILE) is None
 
     def prepare_data(self) -> None:
-        """Find (or extract, or download) jpg/, trimaps/ and datasplits.mat; see the module docstring.
-        What was verified is recorded in `self.source`. When something must be downloaded or
-        extracted, one process at a time does it (a lock in the folder written to); the others
-        then find the files."""
+        """Find (or extract, or download) jpg/, trimaps/ and datasplits.mat, recording what was verified in
+        `self.source`; downloads and extraction under a lock in the folder written to, one process at a time."""
         self._root = None
         if self._needs_writing():
             with folder_for_writing(self._write_root()), exclusive(self._write_root(), "oxford17"):
@@ -392,8 +349,6 @@ class Oxford17(pl.LightningDataModule):
             why = self.source.get(SPLITS_FILE, {}).get("missing", "not found")
             splits = generated_split(numbers, k)
             self.split_source = f"generated ({SPLITS_FILE} {why}): stratified by class 50/25/25, rng seed {k}"
-        sets = [set(splits[name]) for name in SPLIT_NAMES]
-        assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2]), "Oxford17 splits overlap"
         if not splits["train"]:
             raise DataError(f"the Oxford17 train split is empty ({self.split_source}, {len(numbers)} images "
                             f"with trimaps)")

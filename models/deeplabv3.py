@@ -1,16 +1,10 @@
 """DeepLabV3 (torchvision, COCO-pretrained) with a frozen trunk and a new trainable last layer.
 
-Only `classifier[4]` (the final 1x1 conv, 256 -> num_classes) is trained. Everything before it is
-frozen and kept in eval mode, so its output - `features(x)` - is a fixed function of the image;
-this is what lets the features be computed once and only `head` be trained, and what lets a
-checkpoint hold the head alone plus the trunk's identity (`trunk_identity`, with the weights
-file's sha256) instead of 159 MB of frozen weights.
-
-The COCO weights are read with `torch.load(weights_only=True)` (through torchvision's weights enum,
-hash-checked when it downloads them): a file placed by hand in `$TORCH_HOME/hub/checkpoints` cannot
-run code when it is loaded.
+Only `classifier[4]` (the final 1x1 conv) is trained. Everything before it is frozen and kept in eval mode,
+so `features(x)` is a fixed function of the image: the features can be computed once, and a checkpoint
+holds the head alone plus the trunk's identity instead of 159 MB of frozen weights. The COCO weights are
+read with `weights_only=True`: a file placed by hand in `$TORCH_HOME/hub/checkpoints` cannot run code.
 """
-
 import hashlib
 import os
 import pickle
@@ -28,10 +22,8 @@ from errors import UsageError, UserError
 BACKBONES = {
     "resnet101": (seg.deeplabv3_resnet101, seg.DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1),
     "resnet50": (seg.deeplabv3_resnet50, seg.DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1),
-    "mobilenet_v3_large": (
-        seg.deeplabv3_mobilenet_v3_large,
-        seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
-    ),
+    "mobilenet_v3_large": (seg.deeplabv3_mobilenet_v3_large,
+                           seg.DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1),
 }
 WEIGHTS = ("coco", "none")  # "none": a random frozen trunk, always the same one (RANDOM_TRUNK_SEED)
 FEATURE_CHANNELS = 256  # output channels of classifier[3] for every backbone above
@@ -57,12 +49,8 @@ def weights_path(backbone):
 
 
 class FineTunedDeepLabV3(nn.Module):
-    """A torchvision DeepLabV3 whose only trainable part is `classifier[4]`.
-
-    Attributes: `model` (the torchvision DeepLabV3, aux_classifier None), `backbone_name`, `weights`
-    ("coco" or "none"), `weights_file` (the file read, or None), `mean` / `std` (the input
-    normalisation the weights expect), `output_stride`.
-    """
+    """A torchvision DeepLabV3 (`model`, no aux_classifier) whose only trainable part is `classifier[4]`;
+    `mean` / `std`: the input normalisation the weights expect; `weights_file`: the file read, or None."""
 
     def __init__(self, model: nn.Module, backbone_name: str, weights: str, weights_file=None):
         super().__init__()
@@ -99,8 +87,8 @@ class FineTunedDeepLabV3(nn.Module):
         return self.head(self.features(x), x.shape[-2:])
 
     def train(self, mode: bool = True):
-        """Only the new layer follows `mode`; the frozen trunk stays in eval mode (BatchNorm
-        running statistics never change, the classifier's dropout stays off)."""
+        """Only the new layer follows `mode`; the frozen trunk stays in eval mode (BatchNorm running
+        statistics never change, dropout stays off)."""
         super().train(mode)
         for module in self._frozen_modules():
             module.eval()
@@ -115,9 +103,8 @@ class FineTunedDeepLabV3(nn.Module):
         return (FEATURE_CHANNELS, side, side)
 
     def trunk_identity(self) -> dict:
-        """What decides `features(x)`: backbone, builder, normalisation and the trunk's values (the
-        weights file's name, size and sha256, and whether it is a stand-in; or the random seed).
-        The file is hashed once per model."""
+        """What decides `features(x)`: backbone, builder, normalisation and the weights file's name, size,
+        sha256 and whether it is a stand-in (or the random seed); hashed once per model."""
         if self._identity is None:
             if self.weights_file is None:
                 values = {"weights": "random", "seed": RANDOM_TRUNK_SEED}
@@ -130,8 +117,7 @@ class FineTunedDeepLabV3(nn.Module):
         return dict(self._identity)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters that require grad (weight and bias of the new layer)."""
-        return [p for p in self.parameters() if p.requires_grad]
+            return [p for p in self.parameters() if p.requires_grad]
 
 
 def _coco_state_dict(backbone):
@@ -153,13 +139,8 @@ def _coco_state_dict(backbone):
 
 
 def build_deeplabv3(backbone: str = "resnet101", weights: str = "coco", num_classes: int = 2) -> FineTunedDeepLabV3:
-    """DeepLabV3 with every parameter frozen, `classifier[4]` replaced by a new trainable
-    `nn.Conv2d(256, num_classes, 1)` and no aux_classifier.
-
-    weights: "coco" (torchvision COCO_WITH_VOC_LABELS_V1, downloaded to the torch hub cache) or "none"
-    (random, seeded with RANDOM_TRUNK_SEED, with a warning). The new layer's initialisation follows
-    the global RNG. Missing or unreadable weights are one UserError naming the file and what to do.
-    """
+    """The frozen DeepLabV3 with a new trainable `classifier[4]` (initialised from the global RNG). weights:
+    "coco" (downloaded to the torch hub cache) or "none" (random, RANDOM_TRUNK_SEED, with a warning)."""
     if backbone not in BACKBONES:
         raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     if weights not in WEIGHTS:

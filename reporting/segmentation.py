@@ -1,9 +1,5 @@
-"""What a segmentation run shows and writes: TensorBoard charts and grids, the results folder's PNGs, the
-no-image baseline, its summary fields, the line printed at the end and the numbers of the HParams tab.
-
-segmentation.py calls these; they get the module and the data they describe as arguments: `data` is the
-Oxford17 DataModule (images, masks, split), `served` what the Trainer was given (the same, or the trunk's
-features, data/batching.py TensorDataModule).
+"""What a segmentation run shows and writes: TensorBoard charts and grids, PNGs, the no-image baseline and its
+summary. `data` is the Oxford17 DataModule, `served` what the Trainer was given (it, or the trunk's features).
 """
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
@@ -20,8 +16,7 @@ BASELINE_RULE = ("no image: the mean training mask at the training size (flower 
 
 @torch.no_grad()
 def sample_rows(module, data, served, n=4):
-    """(label, images) rows for fixed validation images of several classes: image | ground truth | prediction.
-    The prediction comes from what the Trainer validates on (images or trunk features)."""
+    """(label, images) rows of fixed validation images of several classes: image | ground truth | prediction."""
     index = data.val_sample_indices(n)
     x, _ = served.val_set.__getitems__(index)
     masks = data.split_masks("val")[torch.as_tensor(index)].long()
@@ -35,7 +30,6 @@ def sample_rows(module, data, served, n=4):
 
 
 def validation_grid(data, served):
-    """The TensorBoard grid of fixed validation images, logged after every validation epoch."""
     return ValidationGrid(lambda module, n: sample_rows(module, data, served, n),
                           "val/predictions (image | truth | prediction; grey: ignored band)", 6)
 
@@ -64,7 +58,6 @@ def no_image_baseline(data):
 
 
 def describe_trunk(identity):
-    """A short description of a trunk identity, for messages."""
     if not identity:
         return "not recorded"
     values = (f"random seed {identity.get('seed')}" if identity.get("weights") == "random" else
@@ -73,8 +66,7 @@ def describe_trunk(identity):
 
 
 def write_results(module, data, served, config, run, history, test_metrics):
-    """curves.png and predictions.png in the run's results folder; returns the task's summary fields.
-    `module` holds the best checkpoint's weights here (the test split was scored with them)."""
+    """curves.png and predictions.png; the task's summary fields. `module` holds the best checkpoint's weights."""
     hp = module.hparams
     baseline = no_image_baseline(data)
     best_miou, best_epoch = history.best("val/miou", "max")
@@ -103,6 +95,5 @@ def headline(s):
 
 
 def metrics(s):
-    """The numbers of the HParams tab."""
     return {"best_val_miou": s["best_val_miou"], "final_val_miou": s["final_val_miou"], "test_miou": s["test_miou"],
             "baseline_val_miou": s["baseline"].get("val_miou")}
