@@ -1,30 +1,16 @@
 """Colour-quality metrics of a colourisation: how colourful, which colours, how far from the truth.
 
-`ColourQuality` is a torchmetrics Metric: the validation step feeds it the logits it has already
-computed, so the numbers cost no second forward pass; its states are sums, added over processes
-under DDP, so with each image seen once (data/batching.py) they equal a single-process evaluation.
+`ColourQuality` is a torchmetrics Metric fed the logits the validation step has already computed (no second
+forward pass); its states are sums, added over DDP processes, so they equal a single-process evaluation.
 
-- Colourfulness: Hasler and Suesstrunk, "Measuring colourfulness in natural images" (SPIE 2003), on
-  RGB in 0..255 units, per image: rg = R - G, yb = (R + G) / 2 - B,
-  M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 * sqrt(mean(rg)^2 + mean(yb)^2) (population std over the
-  image's pixels); a grey image has M = 0. Reported as the mean of M over the images, and ratio =
-  mean M of the argmax predictions / mean M of the true images.
-- Per palette colour q, from the confusion matrix C (rows: target, columns: argmax prediction):
-  target share = row sum / pixels, prediction share = column sum / pixels, recall = C[q, q] / row
-  sum (None when q is never the target).
-- Mean absolute RGB error (0..255 units, over pixels and channels) of the decoded image against the
-  true image, for argmax and for the annealed mean (color/palette.py `decode`).
-
-Every `update` costs a few per cent of a validation epoch on a CPU: it reuses the step's argmax and
-computes only what depends on it. The true images' colourfulness does not change between epochs:
-`reference(...)` computes it once and the metric is given it. The annealed mean needs a softmax over
-all logits (a quarter of a forward pass here), so it and the metrics colourisation papers report are
-computed with `full=True` only (the last validation epoch, and `colour_quality` below), for both
-decodings, each averaged over the images:
-  PSNR (dB, data range 1) and SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5; images of at
-  least 6 x 6 pixels) from torchmetrics, and the CIEDE2000 colour difference (Sharma et al. 2005) in
-  CIELAB (scikit-image's `rgb2lab`, D65, and `deltaE_ciede2000`), averaged over all pixels. An image
-  decoded exactly has MSE 0 and PSNR +inf (so then is the mean): the value, not a cap.
+- Colourfulness: Hasler and Suesstrunk (SPIE 2003), per image on 0..255 RGB; a grey image has 0. Ratio =
+  mean over the argmax predictions / mean over the true images.
+- Per palette colour, from the confusion matrix (rows: target, columns: argmax): target and prediction
+  share, recall (None when the colour is never the target). Mean absolute RGB error (0..255 units).
+- The annealed mean needs a softmax over all logits (a quarter of a forward pass here), so it and the
+  metrics colourisation papers report are computed with `full=True` only (the last validation epoch):
+  PSNR and SSIM (torchmetrics) and CIEDE2000 (Sharma et al. 2005, scikit-image, D65), averaged over the
+  images (CIEDE2000: the pixels). An exactly decoded image has PSNR +inf, and so has the mean: not capped.
 """
 import numpy as np
 import torch
@@ -40,7 +26,7 @@ PAPER = ("psnr", "ssim", "ciede2000")
 
 
 def colourfulness(rgb):
-    """Hasler-Suesstrunk colourfulness of each image of (N, 3, H, W) RGB in [0, 1] -> (N,) float64."""
+    """sqrt(std(rg)^2 + std(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2) of each (N, 3, H, W) image in [0, 1]."""
     x = rgb.detach().double() * 255.0
     r, g, b = x[:, 0].flatten(1), x[:, 1].flatten(1), x[:, 2].flatten(1)
     rg, yb = r - g, 0.5 * (r + g) - b
@@ -76,17 +62,14 @@ def per_colour(confusion):
 
 
 def reference(rgb, target, palette):
-    """{"images", "cf_true", "cf_target"}: colourfulness sums of the true images and of the true images in
-    palette colours; what `ColourQuality` divides by, the same in every epoch."""
+    """{"images", "cf_true", "cf_target"}: colourfulness sums of the true images and of them in palette colours,
+    what `ColourQuality` divides by: computed once, as they do not change between epochs."""
     return {"images": len(rgb), "cf_true": float(colourfulness(rgb).sum()),
             "cf_target": float(colourfulness(palette_to_rgb(target, palette)).sum())}
 
 
 class ColourQuality(Metric):
-    """Accumulates the colour-quality metrics over batches; `compute()` returns a JSON-ready dict.
-
-    `reference`: `reference(rgb, target, palette)` of the images this metric will see (all of them,
-    on every process)."""
+    """The colour-quality metrics over batches; `reference`: of all the images it will see, on every process."""
 
     full_state_update = False
 

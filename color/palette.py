@@ -11,9 +11,6 @@ Logits are turned back into colours (`decode`) in one of two ways:
   colour = sum_k f_T(z)_k c_k. T = 1 gives the mean of the predicted distribution (desaturated), T -> 0
   argmax (patchy); the paper's T = 0.38 lies between: smoother and more vivid than argmax.
 """
-
-from __future__ import annotations
-
 import warnings
 from pathlib import Path
 
@@ -29,15 +26,9 @@ DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s
 
 
 def load_palette(path: str | Path | None = None) -> torch.Tensor:
-    """Load a palette file as a float32 tensor (K, 3) with values in [0, 1].
-
-    `path=None` loads the shipped `DEFAULT_PALETTE_PATH` (a plain float array, never unpickled).
-    A path given explicitly may also be the original homework's layout, an object array
-    `[centres, distortion]`; loading it needs pickle, so it is loaded with one warning. Other object
-    arrays (a dict saved with np.save, ...) are refused from the file's header, without unpickling.
-    Raises `DataError` naming the file when it is missing, not a .npy file, or not K >= 2 RGB
-    colours in [0, 1].
-    """
+    """A palette file (None: the shipped one, never unpickled) as a float32 (K, 3) tensor in [0, 1], or a DataError.
+    A path given may also hold the homework's pickled `[centres, distortion]` object array: loaded with a
+    warning; other object arrays are refused from the file's header, without unpickling."""
     explicit = path is not None and Path(path).resolve() != DEFAULT_PALETTE_PATH.resolve()
     path = Path(path) if path is not None else DEFAULT_PALETTE_PATH
     if not path.is_file():
@@ -86,10 +77,7 @@ def _load_npy(path: Path, allow_pickle: bool) -> np.ndarray:
 
 
 def check_palette(array, source: str = "palette") -> torch.Tensor:
-    """Check that `array` is K >= 2 RGB colours in [0, 1]; return it as float32 tensor (K, 3).
-
-    `source` names the file (or object) in the `DataError` raised otherwise.
-    """
+    """`array` as a float32 (K, 3) tensor if it is K >= 2 RGB colours in [0, 1], else a DataError naming `source`."""
     array = np.asarray(array.detach().cpu() if isinstance(array, torch.Tensor) else array)
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise DataError(f"palette {source} has dtype {array.dtype}, expected numbers; {REGENERATE_HINT}")
@@ -106,12 +94,8 @@ def check_palette(array, source: str = "palette") -> torch.Tensor:
 
 
 def nearest_colour(rgb: torch.Tensor, palette: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Class map: the index of the nearest palette colour (Euclidean RGB) for every pixel.
-
-    rgb: float (N, 3, H, W) in [0, 1]; palette: (K, 3). Returns int64 (N, H, W).
-    Ties go to the lowest palette index. Works on `chunk` images at a time, so memory is about
-    chunk * H * W * K floats whatever N is.
-    """
+    """(N, 3, H, W) RGB -> int64 (N, H, W) index of the nearest (Euclidean) palette colour, ties to the lowest;
+    `chunk` images at a time, so memory is about chunk * H * W * K floats whatever N is."""
     if rgb.ndim != 4 or rgb.shape[1] != 3:
         raise ValueError(f"nearest_colour expects rgb of shape (N, 3, H, W), got {tuple(rgb.shape)}")
     palette = palette.to(device=rgb.device, dtype=rgb.dtype)
@@ -128,10 +112,7 @@ def nearest_colour(rgb: torch.Tensor, palette: torch.Tensor, chunk: int = 64) ->
 
 
 def palette_to_rgb(indices: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
-    """The image of palette colours for a class map: (N, H, W) int -> float (N, 3, H, W).
-
-    Any leading shape works: (..., H, W) -> (..., 3, H, W).
-    """
+    """The image of palette colours of a class map: (..., H, W) int -> float (..., 3, H, W)."""
     palette = palette.to(indices.device)
     return palette[indices.long()].movedim(-1, -3)
 

@@ -1,15 +1,9 @@
 """CIFAR-10 horses for colorization: find, download, verify and read the python batches.
 
 `data_dir` works like torchvision's `root`: it holds `cifar-10-batches-py/` and/or the archive
-`cifar-10-python.tar.gz`. `ensure_cifar` finds or makes the extracted folder, `load_batches` is
-the one place that reads the batch pickles, and `CIFARHorses` turns the horses (label 7) into
-(grey input, palette class map) pairs held in memory.
+`cifar-10-python.tar.gz`.
 """
-
-from __future__ import annotations
-
 import hashlib
-import io
 import pickle
 import warnings
 from pathlib import Path
@@ -41,17 +35,14 @@ OFFICIAL_MD5 = {
     "test_batch": "40351d587109b95175f43aff81a1287e",
     "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
 }
-_WARNED_FOLDERS: set[str] = set()  # folders already reported as non-official (warn once per process)
+_WARNED_FOLDERS = set()  # folders already reported as non-official (warn once per process)
 
 
 # ----------------------------------------------------------------------------- reading batches
 
-def load_batches(folder: str | Path, names) -> tuple[np.ndarray, np.ndarray]:
-    """Read official CIFAR-10 python batches `names` from `folder` and concatenate them.
-
-    Returns (images uint8 (N, 3, 32, 32), labels int64 (N,)). Byte-string and str keys both work.
-    Raises `DataError` naming the file when one is missing, truncated or not a CIFAR-10 batch.
-    """
+def load_batches(folder, names):
+    """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of the CIFAR-10 python batches `names` in `folder`:
+    the one place that reads them; a missing, truncated or foreign file is a DataError naming it."""
     parts = [_read_batch(Path(folder) / name) for name in names]
     images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 3, 32, 32), np.uint8)
     labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.int64)
@@ -63,10 +54,8 @@ class ForbiddenGlobal(pickle.UnpicklingError):
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles only what the official batches hold: dicts, lists, ints, byte strings and numpy
-    uint8 arrays (rebuilt through numpy's `_reconstruct`, `ndarray` and `dtype`). Any other global
-    (os.system, builtins.exec, ...) is refused before it is looked up, so a crafted file cannot run
-    code. Python 2 strings come back as bytes, as with `pickle.load(f, encoding="bytes")`."""
+    """Unpickles only what the official batches hold: dicts, lists, ints, byte strings and numpy uint8
+    arrays. Any other global (os.system, ...) is refused before it is looked up: a crafted file cannot run code."""
 
     # numpy 1 pickles name numpy.core.multiarray, numpy 2 numpy._core.multiarray (the old name still
     # imports); Python 3 writes bytes in protocol 2 as _codecs.encode(str, "latin1") (batches re-saved
@@ -74,16 +63,16 @@ class _BatchUnpickler(pickle.Unpickler):
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
-    def __init__(self, file: io.BufferedIOBase):
-        super().__init__(file, encoding="bytes")
+    def __init__(self, file):
+        super().__init__(file, encoding="bytes")  # Python 2 strings come back as bytes
 
-    def find_class(self, module: str, name: str):
+    def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise ForbiddenGlobal(f"{module}.{name}")
         return super().find_class(module, name)
 
 
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path):
     if not path.is_file():
         raise DataError(f"CIFAR-10 batch {path} is missing; download {CIFAR_ARCHIVE} from {CIFAR_URL} "
                         f"and extract it next to {path.parent.name}/")
@@ -106,21 +95,18 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- finding the data
 
-def _complete(folder: Path) -> bool:
+def _complete(folder):
     return all((folder / name).is_file() for name in TRAIN_BATCHES + TEST_BATCHES)
 
 
-def cache_dir(data_dir: str | Path) -> Path:
+def cache_dir(data_dir):
     """Where `data_dir`'s archive is downloaded / extracted when `data_dir` is read-only (data/download.py)."""
     return cache_folder("cifar", data_dir)
 
 
-def find_batch_folder(data_dir: str | Path) -> Path | None:
-    """The extracted batch folder for `data_dir`, or None.
-
-    Looks at `data_dir/cifar-10-batches-py`, then `data_dir` itself (when the user points at the
-    batch folder), then `data_dir`'s cache folder (used when `data_dir` was read-only).
-    """
+def find_batch_folder(data_dir):
+    """The extracted batch folder in `data_dir`, `data_dir` itself (the user points at it) or its cache folder,
+    or None."""
     data_dir = Path(data_dir).expanduser()
     for folder in (data_dir / CIFAR_FOLDER, data_dir, cache_dir(data_dir) / CIFAR_FOLDER):
         if _complete(folder):
@@ -128,16 +114,10 @@ def find_batch_folder(data_dir: str | Path) -> Path | None:
     return None
 
 
-def ensure_cifar(data_dir: str | Path, download: bool = True, url: str = CIFAR_URL,
-                 md5: str | None = CIFAR_MD5) -> Path:
-    """Return the extracted `cifar-10-batches-py` folder for `data_dir`, making it if needed.
-
-    Order: an extracted folder with all six batches; else the archive in `data_dir` (or its
-    cache), checked against `md5` (None skips the check) and extracted; else, if `download`,
-    the archive fetched from `url`. An archive with the wrong md5 is moved aside to
-    `<name>.bad-md5`, never deleted. Raises `DataError` with what to do when all of this fails.
-    Safe to call from several processes at once: one extracts, the others wait (data/download.py).
-    """
+def ensure_cifar(data_dir, download=True, url=CIFAR_URL, md5=CIFAR_MD5):
+    """The extracted batch folder for `data_dir`; else the archive there (or in its cache, or fetched from
+    `url` if `download`) is checked against `md5` (None: not checked; a mismatch is moved aside, never
+    deleted) and extracted, by one process at a time. A DataError says what to do when all of this fails."""
     data_dir = Path(data_dir).expanduser().absolute()
     folder = find_batch_folder(data_dir)
     if folder is not None:
@@ -151,7 +131,7 @@ def ensure_cifar(data_dir: str | Path, download: bool = True, url: str = CIFAR_U
         raise no_data
     out_dir = write_root(data_dir, cache, CIFAR_ARCHIVE)
 
-    def make() -> Path:
+    def make():
         archive = next((p for p in archives if p.is_file()), None)
         if archive is None:
             if not download:  # the archive went away (moved aside by another process) while we waited
@@ -169,7 +149,7 @@ def ensure_cifar(data_dir: str | Path, download: bool = True, url: str = CIFAR_U
     return prepare_once(out_dir, CIFAR_ARCHIVE, lambda: find_batch_folder(data_dir), make)
 
 
-def _check_md5(archive: Path, md5: str | None, url: str) -> None:
+def _check_md5(archive, md5, url):
     if md5 is None:
         return
     actual = calculate_md5(str(archive))
@@ -178,27 +158,17 @@ def _check_md5(archive: Path, md5: str | None, url: str) -> None:
                         f"{move_aside(archive)}. Download {CIFAR_ARCHIVE} again from {url}")
 
 
-def md5_mismatches(folder: Path) -> list[str]:
+def md5_mismatches(folder):
     """Names of the present batch files whose md5 differs from the official release."""
     return [name for name, md5 in OFFICIAL_MD5.items()
             if (folder / name).is_file() and calculate_md5(str(folder / name)) != md5]
 
 
-def _warn_unofficial(folder: Path, names: list[str]) -> None:
-    if names and str(folder) not in _WARNED_FOLDERS:
-        _WARNED_FOLDERS.add(str(folder))
-        warnings.warn(f"{CIFAR_FOLDER} in {folder.parent}: {len(names)} files differ from the official "
-                      f"release (md5); using them anyway", UserWarning, stacklevel=3)
-
-
 # ----------------------------------------------------------------------------- the DataModule
 
-def horses(folder: Path, names, palette: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grey (N,1,32,32), target (N,32,32), rgb (N,3,32,32)) for the horses in batches `names`.
-
-    grey = (R + G + B) / 765, the mean of R, G, B scaled to [0, 1] (float32; sums of uint8 are exact
-    in float32, so the value is reproducible bit for bit). target = nearest palette colour index.
-    """
+def horses(folder, names, palette):
+    """(grey (N,1,32,32), target (N,32,32) nearest palette colours, rgb (N,3,32,32)) of the horses in `names`.
+    grey = (R + G + B) / 765: sums of uint8 are exact in float32, so it is reproducible bit for bit."""
     images, labels = load_batches(folder, names)
     images = images[labels == HORSE]
     if len(images) == 0:
@@ -209,23 +179,10 @@ def horses(folder: Path, names, palette: torch.Tensor) -> tuple[torch.Tensor, to
     return grey, nearest_colour(rgb, palette), rgb
 
 
-def _checksum(tensors) -> str:
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(t.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 class CIFARHorses(pl.LightningDataModule):
-    """CIFAR-10 horses held in memory: train = the horses (label 7) of data_batch_1..5 (5000), val = those
-    of test_batch (1000). Items: grey float32 (1, 32, 32), the mean of R, G, B in [0, 1]; target int64
-    (32, 32), each pixel's nearest palette colour; validation items also carry the true RGB (3, 32, 32),
-    which the colour-quality metrics compare with.
-
-    palette: None (the shipped default), a .npy path, or a (K, 3) tensor in [0, 1]. On a CUDA Trainer
-    the tensors are copied to the GPU once and batches are gathered there. Under DDP each rank trains
-    on its shard (shuffled with `seed` + epoch) and validates on a disjoint one (data/batching.py).
-    """
+    """CIFAR-10 horses in memory: train from data_batch_1..5 (5000), val from test_batch (1000), as (grey,
+    target) items; validation items also carry the true RGB, for the colour-quality metrics. palette: None (the
+    shipped one), a .npy path or a (K, 3) tensor. On a CUDA Trainer batches are gathered on the GPU."""
 
     def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
                  url=CIFAR_URL, md5=CIFAR_MD5, seed=0, on_device=True):
@@ -253,7 +210,10 @@ class CIFARHorses(pl.LightningDataModule):
             return
         folder = find_batch_folder(self.data_dir) or ensure_cifar(self.data_dir, self.download, self.url, self.md5)
         mismatched = md5_mismatches(folder)
-        _warn_unofficial(folder, mismatched)
+        if mismatched and str(folder) not in _WARNED_FOLDERS:
+            _WARNED_FOLDERS.add(str(folder))
+            warnings.warn(f"{CIFAR_FOLDER} in {folder.parent}: {len(mismatched)} files differ from the official "
+                          f"release (md5); using them anyway", UserWarning, stacklevel=2)
         train_grey, train_target, _ = horses(folder, TRAIN_BATCHES, self.palette)
         self.train_set = TensorBatches(train_grey, train_target)
         self.val_set = TensorBatches(*horses(folder, TEST_BATCHES, self.palette))
@@ -280,12 +240,15 @@ class CIFARHorses(pl.LightningDataModule):
         self.setup()
         return tuple(t[:n] for t in self.val_set.tensors)
 
-    def data_checksum(self) -> str:
+    def data_checksum(self):
         """Short sha256 of the train and val grey + target tensors, for reproducibility records."""
         self.setup()
-        return _checksum([*self.train_set.tensors, *self.val_set.tensors[:2]])
+        digest = hashlib.sha256()
+        for t in [*self.train_set.tensors, *self.val_set.tensors[:2]]:
+            digest.update(t.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
-    def settings(self) -> dict:
+    def settings(self):
         """What of the data decides a run's numbers: the tensors read and the palette."""
         palette = hashlib.sha256(self.palette.float().numpy().tobytes()).hexdigest()[:16]
         return {"checksum": self.data_checksum(), "palette": palette}
