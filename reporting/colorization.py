@@ -55,8 +55,7 @@ def sample_rows(module, datamodule, n=8):
 def validation_grid(datamodule):
     """The TensorBoard grid of fixed validation images, logged after every validation epoch."""
     return ValidationGrid(lambda module, n: sample_rows(module, datamodule, n),
-                          "val/samples (grey | prediction | truth)",
-                          8, scale=4)
+                          "val/samples (grey | prediction | truth)", 8, scale=4)
 
 
 def log_quality_figures(module, quality, epoch):
@@ -84,7 +83,12 @@ def write_results(module, datamodule, config, run, history):
     save_image_rows(sample_rows(module, datamodule), run.results / "samples.png",
                     f"{name} after {epochs} epochs: validation samples")
     quality = module.last_quality
-    save_colour_figures(quality, run.results, f"{name} after {epochs} epochs")
+    for file, make, what in (("colour_recall.png", per_colour_figure, "per palette colour, validation pixels"),
+                             ("confusion.png", confusion_figure, "confusion matrix, validation pixels "
+                                                                 "(row-normalised)")):
+        fig = make(quality, f"{name} after {epochs} epochs: {what}")
+        atomic_save_figure(fig, run.results / file)
+        plt.close(fig)
     criterion = module.criterion
     rebalance = {"lambda": module.hparams.rebalance, "class_weights": criterion.class_weights.tolist(),
                  "smoothed_distribution": criterion.prior.tolist()} if rebalanced else None
@@ -180,16 +184,3 @@ def confusion_figure(quality, title):
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def save_colour_figures(quality, folder, name):
-    """colour_recall.png and confusion.png in `folder`; returns their paths."""
-    paths = []
-    for file, make, what in (("colour_recall.png", per_colour_figure, "per palette colour, validation pixels"),
-                             ("confusion.png", confusion_figure,
-                              "confusion matrix, validation pixels (row-normalised)")):
-        fig = make(quality, f"{name}: {what}")
-        atomic_save_figure(fig, folder / file)
-        plt.close(fig)
-        paths.append(folder / file)
-    return paths

@@ -3,7 +3,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -65,16 +64,4 @@ def save_image_rows(rows, path, title, col_labels=None, legend=None):
     fig.tight_layout(rect=(0, 0.06 if legend else 0, 1, 1))
     atomic_save_figure(fig, path)
     plt.close(fig)
-
-
-MASK_COLOURS = {"background": (0.0, 0.0, 0.0), "flower": (1.0, 1.0, 1.0),
-                "ignored: unlabelled border band": (0.5, 0.5, 0.5)}
-
-
-def mask_to_rgb(mask, ignore_index):
-    """(N, H, W) class ids (0 background, 1 flower, `ignore_index`) -> (N, 3, H, W) MASK_COLOURS."""
-    table = torch.tensor(list(MASK_COLOURS.values()), dtype=torch.float32)
-    idx = mask.long().clone().cpu()
-    idx[idx == ignore_index] = 2
-    return table[idx].permute(0, 3, 1, 2)
 

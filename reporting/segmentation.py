@@ -5,13 +5,23 @@ import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
 from data.oxford17 import IGNORE_INDEX
-from reporting.figures import MASK_COLOURS, mask_to_rgb, plot_curves, save_image_rows
+from reporting.figures import plot_curves, save_image_rows
 from training.callbacks import ValidationGrid, chart
 
 LAYOUT = {"segmentation": {"loss (train, val)": chart("train/loss", "val/loss"),
                            "val IoU (mIoU, flower)": chart("val/miou", "val/iou_flower")}}
 BASELINE_RULE = ("no image: the mean training mask at the training size (flower share of each pixel over "
                  "the training masks, unlabelled pixels left out), flower where it is >= 0.5")
+MASK_COLOURS = {"background": (0.0, 0.0, 0.0), "flower": (1.0, 1.0, 1.0),
+                "ignored: unlabelled border band": (0.5, 0.5, 0.5)}
+
+
+def mask_to_rgb(mask, ignore_index):
+    """(N, H, W) class ids (0 background, 1 flower, `ignore_index`) -> (N, 3, H, W) MASK_COLOURS."""
+    table = torch.tensor(list(MASK_COLOURS.values()), dtype=torch.float32)
+    idx = mask.long().clone().cpu()
+    idx[idx == ignore_index] = 2
+    return table[idx].permute(0, 3, 1, 2)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from errors import UserError
 from inference.checkpoints import load_module
 from models.deeplabv3 import build_deeplabv3, weights_path
 from models.standin_weights import write_standin
-from reporting.figures import MASK_COLOURS
+from reporting.segmentation import MASK_COLOURS
 from reporting.segmentation import mean_mask_prediction, no_image_baseline, sample_rows
 from tests import segeval
 from tests.clirun import error_lines, run_main, summary
