@@ -8,9 +8,6 @@ A greyscale 32x32 image goes in; for every pixel the model picks one of 24 k-mea
     python colorization.py UNet --export onnx            # export a trained net (inference/export.py)
 
 This file: the config (every default, once), the LightningModule, `prepare()` and the entry point.
-The nets are in models/, the data and its split in data/cifar.py, the losses in losses/, the palette
-and colour metrics in color/, what a run writes in reporting/colorization.py, the shared training
-flow in training/.
 """
 import sys
 from dataclasses import dataclass
@@ -174,18 +171,13 @@ def prepare(config):
     return Prepared(module, datamodule, run_settings(TASK, settings(config), datamodule.settings()))
 
 
-def trainer_callbacks(config, prepared):
-    """The task's own callbacks (the validation grid, the Custom Scalars layout, compile / channels-last)."""
-    return [results.validation_grid(prepared.datamodule), CustomScalars(results.layout(prepared.module.rebalanced)),
-            Speed(config.compile, config.channels_last)]
-
-
 def train(config, prepared=None):
     """Train one model as `config` says; returns the summary dict (global rank 0) or None."""
     prepared = prepared or prepare(config)
     module, datamodule = prepared.module, prepared.datamodule
-    return run_task(config, prepared, task=TASK, prefix=config.model, mode="min",
-                    callbacks=trainer_callbacks(config, prepared),
+    callbacks = [results.validation_grid(datamodule), CustomScalars(results.layout(module.rebalanced)),
+                 Speed(config.compile, config.channels_last)]
+    return run_task(config, prepared, task=TASK, prefix=config.model, mode="min", callbacks=callbacks,
                     monitor=results.monitor(module.rebalanced), headline=results.headline, metrics=results.metrics,
                     results=lambda run, history, _: results.write_results(module, datamodule, config, run, history))
 

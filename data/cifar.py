@@ -99,16 +99,11 @@ def _complete(folder):
     return all((folder / name).is_file() for name in TRAIN_BATCHES + TEST_BATCHES)
 
 
-def cache_dir(data_dir):
-    """Where `data_dir`'s archive is downloaded / extracted when `data_dir` is read-only (data/download.py)."""
-    return cache_folder("cifar", data_dir)
-
-
 def find_batch_folder(data_dir):
     """The extracted batch folder in `data_dir`, `data_dir` itself (the user points at it) or its cache folder,
     or None."""
     data_dir = Path(data_dir).expanduser()
-    for folder in (data_dir / CIFAR_FOLDER, data_dir, cache_dir(data_dir) / CIFAR_FOLDER):
+    for folder in (data_dir / CIFAR_FOLDER, data_dir, cache_folder("cifar", data_dir) / CIFAR_FOLDER):
         if _complete(folder):
             return folder.resolve()
     return None
@@ -122,7 +117,7 @@ def ensure_cifar(data_dir, download=True, url=CIFAR_URL, md5=CIFAR_MD5):
     folder = find_batch_folder(data_dir)
     if folder is not None:
         return folder
-    cache = cache_dir(data_dir)
+    cache = cache_folder("cifar", data_dir)  # written to when data_dir is read-only
     archives = (data_dir / CIFAR_ARCHIVE, cache / CIFAR_ARCHIVE)
     no_data = DataError(f"no CIFAR-10 data in {data_dir} and downloading is off; download {CIFAR_ARCHIVE} "
                         f"from {url} and put it (or its extracted {CIFAR_FOLDER}/ folder) there, or point "

@@ -1,12 +1,9 @@
-"""Building blocks shared by the three colourisation nets (models/poolupsamplenet.py,
-convtransposenet.py, unet.py): greyscale (N, NIC, H, W) -> logits (N, NC, H, W).
+"""Building blocks of the three colourisation nets: greyscale (N, NIC, H, W) -> logits (N, NC, H, W).
 
-Each net is five blocks; blocks 1-4 are `conv -> [pool | upsample] -> BatchNorm -> ReLU` and block 5
-is a bare conv producing the per-pixel class logits. Two halvings and two doublings mean H and W
-must be multiples of 4. All padding comes from `models.padding.padding_for`, so every kernel size
-(odd or even) gives an output of the input's size.
+Each net is five blocks: four `conv -> [pool | upsample] -> BatchNorm -> ReLU` and a bare conv giving the
+per-pixel class logits. All padding comes from `models.padding.padding_for`, so every kernel size (odd or
+even) gives an output of the input's size.
 """
-
 from collections import OrderedDict
 
 import torch
@@ -15,10 +12,8 @@ from torch import nn
 from models.padding import padding_for
 
 
-def conv_block(conv: nn.Module, out_channels: int, *, pool: bool = False,
-               upsample: bool = False) -> nn.Sequential:
-    """Return `conv -> [MaxPool2d(2)] -> [Upsample(x2, nearest)] -> BatchNorm2d -> ReLU` with the
-    layers named conv / pool / upsample / bn / relu."""
+def conv_block(conv: nn.Module, out_channels: int, *, pool: bool = False, upsample: bool = False) -> nn.Sequential:
+    """`conv -> [MaxPool2d(2)] -> [Upsample(x2, nearest)] -> BatchNorm2d -> ReLU`, named conv / pool / ... / relu."""
     layers = [("conv", conv)]
     if pool:
         layers.append(("pool", nn.MaxPool2d(2)))
@@ -48,19 +43,15 @@ class ColourNet(nn.Module):
         for name, value in [("kernel", kernel), ("num_in_channels", num_in_channels),
                             ("num_filters", num_filters), ("num_colours", num_colours)]:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__}: {name} must be a positive integer, "
-                                 f"got {value!r}")
-        self.kernel = kernel
-        self.num_in_channels = num_in_channels
-        self.num_filters = num_filters
-        self.num_colours = num_colours
+                raise ValueError(f"{type(self).__name__}: {name} must be a positive integer, got {value!r}")
+        self.kernel, self.num_in_channels, self.num_filters, self.num_colours = (kernel, num_in_channels, num_filters,
+                                                                                  num_colours)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError unless x is (N, num_in_channels, H, W) with H, W multiples of 4."""
         name = type(self).__name__
         if x.dim() != 4 or x.shape[1] != self.num_in_channels:
-            raise ValueError(f"{name} expects input of shape (N, {self.num_in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(f"{name} expects input of shape (N, {self.num_in_channels}, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
         if height % 4 or width % 4:
             raise ValueError(f"{name} cannot take input size {height}x{width}: height and width "

@@ -1,5 +1,4 @@
 """ConvTransposeNet (homework part 2): stride-2 convs halve, stride-2 transposed convs double."""
-
 import torch
 
 from models.blocks import ColourNet, conv_block, down_down_up, up_conv
@@ -7,10 +6,7 @@ from models.padding import SameConv2d
 
 
 class ConvTransposeNet(ColourNet):
-    """Stride-2 convs halve, stride-2 transposed convs double (homework part 2)."""
-
-    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32,
-                 num_colours: int = 24):
+    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32, num_colours: int = 24):
         super().__init__(kernel, num_in_channels, num_filters, num_colours)
         k, nic, nf, nc = kernel, num_in_channels, num_filters, num_colours
         self.block1, self.block2, self.block3 = down_down_up(nic, nf, k)  # H -> H/2 -> H/4 -> H/2

@@ -16,7 +16,6 @@ Why these values (H even, stride 2, p = (k-1)//2):
   padding is asymmetric: (k-1)//2 before, k//2 after (PyTorch's own `padding="same"` splits it the
   same way, but warns on even kernels; `SameConv2d` pads the one extra row/column explicitly).
 """
-
 from typing import NamedTuple
 
 import torch

@@ -1,5 +1,4 @@
 """PoolUpsampleNet (homework part 1): stride-1 convs, max-pooling to halve, nearest upsampling to double."""
-
 import torch
 
 from models.blocks import ColourNet, conv_block
@@ -7,10 +6,7 @@ from models.padding import SameConv2d
 
 
 class PoolUpsampleNet(ColourNet):
-    """Stride-1 convs; MaxPool2d halves, nearest Upsample doubles (homework part 1)."""
-
-    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32,
-                 num_colours: int = 24):
+    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32, num_colours: int = 24):
         super().__init__(kernel, num_in_channels, num_filters, num_colours)
         k, nic, nf, nc = kernel, num_in_channels, num_filters, num_colours
         self.block1 = conv_block(SameConv2d(nic, nf, k), nf, pool=True)  # H -> H/2

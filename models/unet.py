@@ -1,5 +1,4 @@
 """UNet (homework part 3): ConvTransposeNet with two skip connections."""
-
 import torch
 
 from models.blocks import ColourNet, conv_block, down_down_up, up_conv
@@ -10,8 +9,7 @@ class UNet(ColourNet):
     """ConvTransposeNet with two skips: block 4 also sees block 1's output, and the final conv
     also sees the greyscale input (homework part 3)."""
 
-    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32,
-                 num_colours: int = 24):
+    def __init__(self, *, kernel: int = 3, num_in_channels: int = 1, num_filters: int = 32, num_colours: int = 24):
         super().__init__(kernel, num_in_channels, num_filters, num_colours)
         k, nic, nf, nc = kernel, num_in_channels, num_filters, num_colours
         self.block1, self.block2, self.block3 = down_down_up(nic, nf, k)  # H -> H/2 -> H/4 -> H/2
