@@ -212,12 +212,9 @@ class Oxford17(pl.LightningDataModule):
         self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.md5 = {**MD5, **(checksums or {})}
-        self.jpg_dir = self.trimap_dir = self.splits_path = self._root = None
-        self.source: dict = {}
-        self.split_source: str | None = None
-        self.split_numbers: dict[str, list[int]] = {}
+        self.jpg_dir = self.trimap_dir = self.splits_path = self._root = self.split_source = None
         self.train_set = self.val_set = self.test_set = None
-        self._pairs: dict[str, Oxford17Pairs] = {}
+        self.source, self.split_numbers, self._pairs = {}, {}, {}
 
     # ---------------------------------------------------------------- files
     def _url(self, name: str) -> str:
@@ -368,12 +365,9 @@ class Oxford17(pl.LightningDataModule):
             return
         splits = self.splits()
         images, masks = self._decode([n for name in SPLIT_NAMES for n in splits[name]])
-        start = 0
-        for name in SPLIT_NAMES:
-            stop = start + len(splits[name])
-            flip = self.augment and name == "train"
-            self._pairs[name] = Oxford17Pairs(images[start:stop], masks[start:stop], self.mean, self.std, flip)
-            start = stop
+        sizes = [len(splits[name]) for name in SPLIT_NAMES]
+        for name, x, m in zip(SPLIT_NAMES, images.split(sizes), masks.split(sizes)):
+            self._pairs[name] = Oxford17Pairs(x, m, self.mean, self.std, flip=self.augment and name == "train")
         self.split_numbers = splits
         self.train_set, self.val_set, self.test_set = (self._pairs[n] for n in SPLIT_NAMES)
         counts = " / ".join(f"{len(splits[n])} {n}" for n in SPLIT_NAMES)
