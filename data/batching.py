@@ -21,7 +21,6 @@ class TensorBatches(TensorDataset):
         return tuple(t[index] for t in self.tensors)
 
     def to(self, device):
-        """The same data with every tensor on `device` (self when already there)."""
         device = torch.device(device)
         if all(t.device == device for t in self.tensors):
             return self
@@ -58,7 +57,6 @@ class EpochShuffle(RandomSampler):
 
 
 def distributed_info(datamodule):
-    """(global rank, world size) of the Trainer the DataModule is attached to; (0, 1) without one."""
     trainer = getattr(datamodule, "trainer", None)
     return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 

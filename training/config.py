@@ -106,7 +106,6 @@ class RunConfig(Config):
     precision: str = option("32-true", "32-true, 16-mixed, bf16-mixed, ...", group=TRAINER_GROUP)
 
     def trainer_flags(self):
-        """The Trainer keyword arguments this config passes through."""
         return dict(accelerator=self.accelerator, devices=self.devices, strategy=self.strategy,
                     num_nodes=self.num_nodes, precision=self.precision, deterministic=self.deterministic or None)
 

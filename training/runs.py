@@ -109,7 +109,6 @@ def read_checkpoint(path, flag="--checkpoint"):
 
 
 def stamp(checkpoint):
-    """The {task, settings} stamp of a checkpoint ({} when absent)."""
     return checkpoint.get(STAMP) or {}
 
 
