@@ -343,9 +343,9 @@ class Oxford17(pl.LightningDataModule):
             splits = load_datasplits(self.splits_path, k, numbers)
             self.split_source = f"official: {SPLITS_FILE} trn{k}/val{k}/tst{k}"
         else:  # from the data and --split only: a seed study keeps its val and test sets
-            why = self.source.get(SPLITS_FILE, {}).get("missing", "not found")
             splits = generated_split(numbers, k)
-            self.split_source = f"generated ({SPLITS_FILE} {why}): stratified by class 50/25/25, rng seed {k}"
+            # the split alone decides "same settings"; why there was no file is announced and kept in `source`
+            self.split_source = f"generated: stratified by class 50/25/25, rng seed {k}"
         if not splits["train"]:
             raise DataError(f"the Oxford17 train split is empty ({self.split_source}, {len(numbers)} images "
                             f"with trimaps)")
@@ -371,7 +371,8 @@ class Oxford17(pl.LightningDataModule):
         self.split_numbers = splits
         self.train_set, self.val_set, self.test_set = (self._pairs[n] for n in SPLIT_NAMES)
         counts = " / ".join(f"{len(splits[n])} {n}" for n in SPLIT_NAMES)
-        _announce(f"Oxford17 split {self.split}: {self.split_source}; {counts} images")
+        why = "" if self.splits_path else f" ({SPLITS_FILE} {self.source.get(SPLITS_FILE, {}).get('missing', 'not found')})"
+        _announce(f"Oxford17 split {self.split}: {self.split_source}{why}; {counts} images")
 
     @property
     def split_info(self) -> dict:
