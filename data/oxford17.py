@@ -371,7 +371,8 @@ class Oxford17(pl.LightningDataModule):
         self.split_numbers = splits
         self.train_set, self.val_set, self.test_set = (self._pairs[n] for n in SPLIT_NAMES)
         counts = " / ".join(f"{len(splits[n])} {n}" for n in SPLIT_NAMES)
-        why = "" if self.splits_path else f" ({SPLITS_FILE} {self.source.get(SPLITS_FILE, {}).get('missing', 'not found')})"
+        missing = self.source.get(SPLITS_FILE, {}).get("missing", "not found")
+        why = "" if self.splits_path else f" ({SPLITS_FILE} {missing})"
         _announce(f"Oxford17 split {self.split}: {self.split_source}{why}; {counts} images")
 
     @property
