@@ -97,8 +97,10 @@ class ColourQuality(Metric):
         counts = joint.sum(1)
         hwc = rgb.float().permute(0, 2, 3, 1)
         argmax = F.embedding(pred, self.palette)  # (N, H, W, 3): a gather, 3x faster than indexing here
+        # A batch's error sum in float32 (torch sums in cascades: relative error ~1e-7), 10x faster than a
+        # float64 reduction on a CPU; the epoch's sum of batches is float64.
         self.sums[:2, 0] += torch.stack([palette_colourfulness(counts, self.palette).sum(),
-                                         (argmax - hwc).abs().sum(dtype=torch.float64)])
+                                         (argmax - hwc).abs().sum().double()])
         self.counts[:, 0] += torch.tensor([n, rgb.numel()], device=self.counts.device)
         if not full:
             return
