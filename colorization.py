@@ -171,13 +171,18 @@ def prepare(config):
     return Prepared(module, datamodule, run_settings(TASK, settings(config), datamodule.settings()))
 
 
+def trainer_callbacks(config, prepared):
+    """The task's own callbacks (also what benchmarks/colorization.py trains with)."""
+    return [results.validation_grid(prepared.datamodule), CustomScalars(results.layout(prepared.module.rebalanced)),
+            Speed(config.compile, config.channels_last)]
+
+
 def train(config, prepared=None):
     """Train one model as `config` says; returns the summary dict (global rank 0) or None."""
     prepared = prepared or prepare(config)
     module, datamodule = prepared.module, prepared.datamodule
-    callbacks = [results.validation_grid(datamodule), CustomScalars(results.layout(module.rebalanced)),
-                 Speed(config.compile, config.channels_last)]
-    return run_task(config, prepared, task=TASK, prefix=config.model, mode="min", callbacks=callbacks,
+    return run_task(config, prepared, task=TASK, prefix=config.model, mode="min",
+                    callbacks=trainer_callbacks(config, prepared),
                     monitor=results.monitor(module.rebalanced), headline=results.headline, metrics=results.metrics,
                     results=lambda run, history, _: results.write_results(module, datamodule, config, run, history))
 
