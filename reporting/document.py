@@ -143,6 +143,7 @@ def render(ctx):
              q3_13(ctx), "# Part 2: segmentation (Oxford17 flowers, DeepLabV3 with only its last layer trained)",
              segmentation_setup(ctx), q1_21(ctx), predictions_section(ctx, "Q2 in 2.1", "ce"), q1_22(ctx),
              predictions_section(ctx, "Q2 in 2.2", "iou"), "# Beyond the homework", decoding_section(ctx),
+             paper_metrics_section(ctx),
              rebalance_section(ctx["colour"]["UNet"], ctx["rebalanced"], ctx["rebalanced"][0]["rebalance"]["lambda"],
                                ctx["measured"]["train_images"], ctx["figures"]),
              baseline_section(ctx), references.section(), runs_section(ctx), reproduce_section(ctx)]
@@ -707,6 +708,52 @@ def decoding_section(ctx):
     link = ctx["figures"].link_if("decodings.png")
     if link:
         lines += [f"![grey | argmax | annealed mean | true image]({link})"]
+    return "\n".join(lines)
+
+
+PAPER_METRICS = (("psnr", "PSNR (dB)", 2), ("ssim", "SSIM", 3), ("ciede2000", "CIEDE2000", 2))
+
+
+def paper_metrics_section(ctx):
+    """PSNR, SSIM and CIEDE2000 of every colourisation model (mean over its seeds) and the rebalanced UNet,
+    for both decodings, from the runs' summaries (their final weights on all validation images)."""
+    runs = {m: ctx["colour"][m] for m in MODELS if ctx["colour"][m]}
+    rebalanced = None
+    if ctx["rebalanced"]:
+        rebalanced = f"UNet, --rebalance {ctx['rebalanced'][0]['rebalance']['lambda']:g}"
+        runs[rebalanced] = ctx["rebalanced"]
+
+    def per_seed(name, key):
+        return [s["colour_quality"].get(key) for s in runs[name]]
+
+    def value(name, key):
+        found = per_seed(name, key)
+        return None if None in found else mean_std(found)[0]
+
+    lines = ["## Extra: the colour metrics colourisation papers report", "",
+             "*Beyond the homework: how close are the colours to the truth by the measures papers use?*", "",
+             "Each run's final weights on all validation images, argmax and annealed-mean decodings: PSNR and SSIM "
+             "(torchmetrics; higher is closer) and the mean CIEDE2000 colour difference in CIELAB (scikit-image; "
+             "lower is closer). Mean over each model's seeds.", ""]
+    decodings = ("argmax", "annealed")
+    headers = ["run", "seeds"] + [f"{label} {d}" for _, label, _ in PAPER_METRICS for d in decodings]
+    rows = [[name, len(summaries)] + [fmt(value(name, f"{key}_{d}"), digits) for key, _, digits in PAPER_METRICS
+                                      for d in decodings] for name, summaries in runs.items()]
+    lines += [table(headers, rows), ""]
+    ciede = {name: value(name, "ciede2000_argmax") for name in runs}
+    ciede = {k: v for k, v in ciede.items() if v is not None}
+    if ciede:
+        lines += [f"By CIEDE2000 of the argmax colours (lower is closer): {claims.order_text(ciede, digits=2)}."]
+    if "UNet" in ciede and value("UNet", "ciede2000_annealed") is not None:
+        lines += ["UNet: " + claims.versus("the annealed mean", value("UNet", "ciede2000_annealed"), "argmax",
+                                           ciede["UNet"], "CIEDE2000", 2)]
+    if rebalanced in ciede and "UNet" in ciede:
+        text = claims.compare("the rebalanced UNet", per_seed(rebalanced, "ciede2000_argmax"), "the plain UNet",
+                              per_seed("UNet", "ciede2000_argmax"), "CIEDE2000 (argmax)", 2)
+        if ciede[rebalanced] > ciede["UNet"]:
+            text += (" More vivid colours are not closer ones: where the colour is uncertain, a rare colour that is "
+                     "wrong lies further from the truth than the common dull one.")
+        lines += [text]
     return "\n".join(lines)
 
 

@@ -145,7 +145,8 @@ def test_the_twelve_sections_come_in_the_submission_order(tmp_path):
                label in ("Q2 in 2.1", "Q2 in 2.2"), label
     extras = [h for h in sections(text) if h.startswith("Extra")]
     assert [e.split(":")[1].strip().split(",")[0] for e in extras] == [
-        "decoding the colour distribution", "class rebalancing (`--rebalance 0.5`)", "the no-image baseline"]
+        "decoding the colour distribution", "the colour metrics colourisation papers report",
+        "class rebalancing (`--rebalance 0.5`)", "the no-image baseline"]
 
 
 def _set_loss(c, model, val):
@@ -183,6 +184,34 @@ FLIPS = {
     "Q2 in 2.2": (lambda c: c["seg"]["iou"][0].update(final_val_iou_flower=0.9),
                   "segments the flower worse than the background", "segments the flower better than the background"),
 }
+
+
+def _paper_quality(ciede, annealed, psnr=24.0):
+    return {**reportctx.quality(), "psnr_argmax": psnr, "psnr_annealed": psnr + 1, "ssim_argmax": 0.8,
+            "ssim_annealed": 0.9, "ciede2000_argmax": ciede, "ciede2000_annealed": annealed}
+
+
+def test_paper_metrics_come_from_the_summaries_and_the_sentences_follow_them(tmp_path):
+    label = "Extra: the colour metrics colourisation papers report"
+    c = reportctx.ctx(tmp_path)
+    for model, ciede in (("PoolUpsampleNet", 14.0), ("ConvTransposeNet", 12.0), ("UNet", 11.0)):
+        c["colour"][model] = [reportctx.colour(model, q=_paper_quality(ciede, ciede - 1, psnr=20 + ciede / 10))]
+    c["rebalanced"] = [reportctx.colour("UNet", rebalance=0.5, q=_paper_quality(11.5, 9.0))]
+    text = section(render(c), label)
+    [rows] = parse_tables(text)
+    assert [r["run"] for r in rows] == ["PoolUpsampleNet", "ConvTransposeNet", "UNet", "UNet, --rebalance 0.5"]
+    assert [float(r["CIEDE2000 argmax"]) for r in rows] == [14.0, 12.0, 11.0, 11.5]
+    assert (rows[0]["PSNR (dB) argmax"], rows[0]["PSNR (dB) annealed"]) == ("21.40", "22.40")
+    assert "UNet (11.00) < UNet, --rebalance 0.5 (11.50) < ConvTransposeNet (12.00) < PoolUpsampleNet (14.00)" in text
+    assert "The annealed mean has a lower CIEDE2000 than argmax (10.00 vs 11.00)" in text
+    assert "The rebalanced UNet reaches a higher CIEDE2000 (argmax) than the plain UNet" in text
+    assert "More vivid colours are not closer ones" in text
+    c["rebalanced"] = [reportctx.colour("UNet", rebalance=0.5, q=_paper_quality(10.5, 9.0))]
+    c["colour"]["UNet"] = [reportctx.colour("UNet", q=_paper_quality(11.0, 12.0))]
+    text = section(render(c), label)
+    assert "The annealed mean has a higher CIEDE2000 than argmax (12.00 vs 11.00)" in text
+    assert "The rebalanced UNet reaches a lower CIEDE2000 (argmax) than the plain UNet" in text
+    assert "More vivid colours are not closer ones" not in text
 
 
 @pytest.mark.parametrize("label", [k for k, v in FLIPS.items() if v])
