@@ -745,8 +745,9 @@ def paper_metrics_section(ctx):
     if ciede:
         lines += [f"By CIEDE2000 of the argmax colours (lower is closer): {claims.order_text(ciede, digits=2)}."]
     if "UNet" in ciede and value("UNet", "ciede2000_annealed") is not None:
-        lines += ["UNet: " + claims.versus("the annealed mean", value("UNet", "ciede2000_annealed"), "argmax",
-                                           ciede["UNet"], "CIEDE2000", 2)]
+        text = claims.versus("the annealed mean", value("UNet", "ciede2000_annealed"), "argmax", ciede["UNet"],
+                             "CIEDE2000", 2)
+        lines += ["For UNet, " + text[:1].lower() + text[1:]]
     if rebalanced in ciede and "UNet" in ciede:
         text = claims.compare("the rebalanced UNet", per_seed(rebalanced, "ciede2000_argmax"), "the plain UNet",
                               per_seed("UNet", "ciede2000_argmax"), "CIEDE2000 (argmax)", 2)

@@ -203,13 +203,13 @@ def test_paper_metrics_come_from_the_summaries_and_the_sentences_follow_them(tmp
     assert [float(r["CIEDE2000 argmax"]) for r in rows] == [14.0, 12.0, 11.0, 11.5]
     assert (rows[0]["PSNR (dB) argmax"], rows[0]["PSNR (dB) annealed"]) == ("21.40", "22.40")
     assert "UNet (11.00) < UNet, --rebalance 0.5 (11.50) < ConvTransposeNet (12.00) < PoolUpsampleNet (14.00)" in text
-    assert "The annealed mean has a lower CIEDE2000 than argmax (10.00 vs 11.00)" in text
+    assert "For UNet, the annealed mean has a lower CIEDE2000 than argmax (10.00 vs 11.00)" in text
     assert "The rebalanced UNet reaches a higher CIEDE2000 (argmax) than the plain UNet" in text
     assert "More vivid colours are not closer ones" in text
     c["rebalanced"] = [reportctx.colour("UNet", rebalance=0.5, q=_paper_quality(10.5, 9.0))]
     c["colour"]["UNet"] = [reportctx.colour("UNet", q=_paper_quality(11.0, 12.0))]
     text = section(render(c), label)
-    assert "The annealed mean has a higher CIEDE2000 than argmax (12.00 vs 11.00)" in text
+    assert "For UNet, the annealed mean has a higher CIEDE2000 than argmax (12.00 vs 11.00)" in text
     assert "The rebalanced UNet reaches a lower CIEDE2000 (argmax) than the plain UNet" in text
     assert "More vivid colours are not closer ones" not in text
 
