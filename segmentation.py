@@ -27,7 +27,7 @@ from losses import make_loss
 from models.deeplabv3 import BACKBONES, WEIGHTS, build_deeplabv3
 from reporting import segmentation as results
 from training.callbacks import CustomScalars, Speed
-from training.config import RunConfig, dispatch, option, parse, positive_float, positive_int, run_main, settings
+from training.config import RunConfig, entry_point, option, parse, positive_float, positive_int, settings
 from training.runs import check_resume_path, reuse_or_train, run_settings
 from training.trainer import Prepared, run_task
 
@@ -249,9 +249,7 @@ def parse_config(argv=None):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    command = dispatch(argv, COMMANDS)
-    return command(argv) if command else run_main(train, argv, parse_config)
+    return entry_point(argv, COMMANDS, train, parse_config)
 
 
 if __name__ == "__main__":

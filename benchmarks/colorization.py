@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SHARED_DATA, elapsed, machine, median, now, print_json, print_table, quiet
+from common import SHARED_DATA, begin, elapsed, machine, median, now, print_json, print_table
 
 import pytorch_lightning as pl  # noqa: E402  (after common put the repo on sys.path)
 import torch  # noqa: E402
@@ -236,11 +236,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    quiet()
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda:0" if args.accelerator in ("gpu", "cuda") else "cpu")
+    device = begin(args)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         work = Path(tmp)

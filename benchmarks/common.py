@@ -26,6 +26,16 @@ def quiet():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def begin(args):
+    """What both benchmarks do first: quiet output, `--threads` applied; the device `--accelerator` names."""
+    import torch
+
+    quiet()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device("cuda:0" if args.accelerator in ("gpu", "cuda") else "cpu")
+
+
 def machine(device):
     """Facts about where the numbers came from: CPU, cores, threads, GPU, library versions."""
     import pytorch_lightning

@@ -26,9 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SHARED_DATA, elapsed, machine, now, print_json, print_table, quiet
+from common import SHARED_DATA, begin, elapsed, machine, now, print_json, print_table
 
-import torch  # noqa: E402
 
 import segmentation  # noqa: E402  (after common put the repo on sys.path)
 from segmentation import SegmentationConfig  # noqa: E402
@@ -121,11 +120,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    quiet()
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda:0" if args.accelerator in ("gpu", "cuda") else "cpu")
+    device = begin(args)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         work = Path(tmp)
         if args.data_dir:

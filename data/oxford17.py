@@ -137,20 +137,19 @@ def normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
     return (images_uint8.float() / 255 - mean) / std
 
 
+def _read_rgb(path: Path, what: str, archive: str) -> np.ndarray:
+    """The RGB pixels of an image file; an unreadable file is a DataError that says where to get it again."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {what} {path} ({err}); replace it with the file from {URL}{archive}") from err
+
+
 def _decode_pair(jpg: Path, png: Path, size: int, unlabelled: str) -> tuple[torch.Tensor, np.ndarray]:
     """`preprocess`ed image and mask resized NEAREST, both size x size; an unreadable file is a DataError."""
-    try:
-        with Image.open(jpg) as im:
-            image = preprocess(np.asarray(im.convert("RGB")), size)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read image {jpg} ({err}); "
-                        f"replace it with the file from {URL}{IMAGES_ARCHIVE}") from err
-    try:
-        with Image.open(png) as im:
-            mask = trimap_to_mask(np.asarray(im.convert("RGB")), unlabelled)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read trimap {png} ({err}); "
-                        f"replace it with the file from {URL}{TRIMAPS_ARCHIVE}") from err
+    image = preprocess(_read_rgb(jpg, "image", IMAGES_ARCHIVE), size)
+    mask = trimap_to_mask(_read_rgb(png, "trimap", TRIMAPS_ARCHIVE), unlabelled)
     mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST))
     return image, mask
 

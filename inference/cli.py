@@ -9,6 +9,7 @@ are written at the output folder's top. An input that matches nothing, and an im
 read, are each one `error:` line (named, with the reason); the others are still written, and the exit
 code is 1 when any failed. With many images a progress bar replaces the per-image lines.
 """
+import contextlib
 import dataclasses
 import glob
 import sys
@@ -126,8 +127,14 @@ def for_each_image(config, process):
     return done, failed, len(inputs) + len(missing)
 
 
-def raise_if_failed(failed, total, out):
-    """After the loop: a UserError (exit code 1) when any image failed, saying where the others went."""
+def raise_if_failed(failed, total, out, claimed=False):
+    """After the loop: a UserError (exit code 1) when any image failed, saying where the others went. When
+    none worked, the output folder this call `claimed` (not one given with --out) is removed again."""
+    if failed and len(failed) == total and claimed:
+        with contextlib.suppress(OSError):  # empty: nothing was written
+            Path(out).rmdir()
+            Path(out).parent.rmdir()  # RESULTS_DIR/<task>/predict, when no earlier call left outputs there
+        raise UserError(f"none of the {total} inputs could be processed (see above); nothing was written")
     if failed:
         raise UserError(f"{len(failed)} of {total} inputs could not be processed (see above); "
                         f"the other {total - len(failed)} were written to {out}")

@@ -111,12 +111,13 @@ def predict(config):
     if rows:
         save_side_by_side(rows, ["greyscale input", f"prediction ({decoding})", "original"], out / "predictions.png",
                           f"{hp['model']} ({how}): {len(done)} images", total=len(done))
-    atomic_write_json(out / "predictions.json", {
-        "task": TASK, "checkpoint": str(path), "checkpoint_choice": how, "model": hp["model"],
-        "hyperparameters": {k: v for k, v in hp.items() if k != "palette"}, "palette": hp["palette"],
-        "decode": config.decode, "temperature": temperature if config.decode == "annealed" else None,
-        "images": done, "failed": [{"input": p, "error": e} for p, e in failed]})
-    raise_if_failed(failed, total, out)
+    if done or config.out is not None:  # a folder of our own with no image in it is removed (raise_if_failed)
+        atomic_write_json(out / "predictions.json", {
+            "task": TASK, "checkpoint": str(path), "checkpoint_choice": how, "model": hp["model"],
+            "hyperparameters": {k: v for k, v in hp.items() if k != "palette"}, "palette": hp["palette"],
+            "decode": config.decode, "temperature": temperature if config.decode == "annealed" else None,
+            "images": done, "failed": [{"input": p, "error": e} for p, e in failed]})
+    raise_if_failed(failed, total, out, claimed=config.out is None)
 
 
 def parse_config(argv=None):

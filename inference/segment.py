@@ -79,12 +79,14 @@ def predict(config):
                 "flower_share": round(share, 6), "mask": str(mask_path), "overlay": str(overlay_path)}
 
     done, failed, total = for_each_image(config, one)
-    atomic_write_json(out / "predictions.json", {
-        "task": TASK, "checkpoint": str(path), "checkpoint_choice": how, "hyperparameters": dict(hp),
-        "preprocessing": {"image_size": hp.image_size, "mean": list(module.model.mean), "std": list(module.model.std)},
-        "images": done, "failed": [{"input": p, "error": e} for p, e in failed]})
-    atomic_write_text(out / "predictions.csv", _csv(done))
-    raise_if_failed(failed, total, out)
+    if done or config.out is not None:  # a folder of our own with no image in it is removed (raise_if_failed)
+        atomic_write_json(out / "predictions.json", {
+            "task": TASK, "checkpoint": str(path), "checkpoint_choice": how, "hyperparameters": dict(hp),
+            "preprocessing": {"image_size": hp.image_size, "mean": list(module.model.mean),
+                              "std": list(module.model.std)},
+            "images": done, "failed": [{"input": p, "error": e} for p, e in failed]})
+        atomic_write_text(out / "predictions.csv", _csv(done))
+    raise_if_failed(failed, total, out, claimed=config.out is None)
 
 
 def _csv(rows):

@@ -321,14 +321,18 @@ def complexity_section():
         "every output, and each of its connections, is repeated at every position of the grid."])
 
 
-def q2_12(ctx):
-    s = ctx["colour"]["ConvTransposeNet"][0]
-    lines = question("Q2 in 1.2", "ConvTransposeNet, training and validation curves",
-                     "train ConvTransposeNet (batch 100, kernel 3, at least 25 epochs) and show its training and "
+def curves_question(ctx, label, model, asked_model):
+    """The homework's "train MODEL and show its curves" item: the run, its figures, a generated comment."""
+    lines = question(label, f"{model}, training and validation curves",
+                     f"train {asked_model} (batch 100, kernel 3, at least 25 epochs) and show its training and "
                      "validation curves, with comments.")
-    lines += [run_line(ctx, "ConvTransposeNet"), "", *colour_curves(ctx, "ConvTransposeNet"),
-              f"**Comments.** {claims.curve_comment(s['history'], 'ConvTransposeNet')}"]
+    lines += [run_line(ctx, model), "", *colour_curves(ctx, model),
+              f"**Comments.** {claims.curve_comment(ctx['colour'][model][0]['history'], model)}"]
     return "\n".join(lines)
+
+
+def q2_12(ctx):
+    return curves_question(ctx, "Q2 in 1.2", "ConvTransposeNet", "ConvTransposeNet")
 
 
 def models_table(ctx):
@@ -505,13 +509,7 @@ def q5_12(ctx):
 
 
 def q2_13(ctx):
-    s = ctx["colour"]["UNet"][0]
-    lines = question("Q2 in 1.3", "UNet, training and validation curves",
-                     "train the UNet (batch 100, kernel 3, at least 25 epochs) and show its training and validation "
-                     "curves, with comments.")
-    lines += [run_line(ctx, "UNet"), "", *colour_curves(ctx, "UNet"),
-              f"**Comments.** {claims.curve_comment(s['history'], 'UNet')}"]
-    return "\n".join(lines)
+    return curves_question(ctx, "Q2 in 1.3", "UNet", "the UNet")
 
 
 def mean_regions(measured, model):

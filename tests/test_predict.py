@@ -464,6 +464,18 @@ def test_bad_inputs_are_one_line_each_and_the_rest_is_written(colour_run, images
     assert sorted(p.name for p in (tmp_path / "out").glob("*_colour.png")) == ["grey_colour.png", "rgb_colour.png"]
 
 
+def test_when_no_input_works_the_default_output_folder_is_removed_again(colour_run, images, tmp_path, capsys):
+    results = tmp_path / "results"
+    shutil.copytree(colour_run / "results", results)
+    argv = ["--results-dir", results, "--logs-dir", colour_run / "logs"]
+    code, _, err = run_main(colorization.main, ["--predict", tmp_path / "missing.jpg", *argv], capsys)
+    assert code == 1 and "nothing was written" in error_lines(err)[-1]
+    assert not (results / "colorization" / "predict").exists(), list((results / "colorization" / "predict").rglob("*"))
+    assert run_main(colorization.main, ["--predict", images["grey"][0], *argv])[0] == 0  # an earlier call's outputs
+    assert run_main(colorization.main, ["--predict", tmp_path / "missing.jpg", *argv])[0] == 1
+    assert len(list((results / "colorization" / "predict").iterdir())) == 1  # ... stay, and only they
+
+
 def test_default_output_folder_is_new_every_call(colour_run, images, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(colour_run / "results", results)

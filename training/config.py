@@ -261,6 +261,13 @@ def dispatch(argv, commands):
     return None
 
 
+def entry_point(argv, commands, train, parse_config):
+    """A task script's `main`: the mode its flags ask for (`dispatch`), else training through `run_main`."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = dispatch(argv, commands)
+    return command(argv) if command else run_main(train, argv, parse_config)
+
+
 def run_main(main, argv, parse_config):
     """`main(parse_config(argv))`; 0, or after a UserError one `error:` line on stderr and its exit code
     (the traceback only with --debug)."""
