@@ -25,6 +25,8 @@ from tests.fixtures import network  # noqa: E402  (after the environment above: 
 
 network.install(os.environ["IMAGE2IMAGE_OFFLINE_LOG"])
 
+from tests.fixtures.trained import colour_run, flower_run  # noqa: E402,F401  (fixtures of the whole suite)
+
 
 @pytest.fixture(autouse=True)
 def offline_guard():

@@ -111,3 +111,16 @@ def mean_loss(logits, masks, loss, ignore=255):
 def checkpoint_loss(ckpt_path, root, size, batch_size, loss, split_name="val"):
     images, masks = load_split(root, split_name, size)
     return mean_loss(checkpoint_logits(ckpt_path, images, batch_size), masks, loss)
+
+
+def plant_all_flower_epoch_2(monkeypatch, module_class):
+    """Make epoch 2 of a segmentation run end with a layer that calls every pixel flower (worse than epoch 1),
+    just before it is validated and its checkpoints saved: then the best checkpoint is epoch 1's, not last."""
+
+    def all_flower_at_epoch_2(module):
+        if module.current_epoch == 1 and not module.trainer.sanity_checking:
+            with torch.no_grad():
+                module.model.last_layer.weight.zero_()
+                module.model.last_layer.bias.copy_(torch.tensor([-5.0, 5.0]))
+
+    monkeypatch.setattr(module_class, "on_validation_epoch_start", all_flower_at_epoch_2, raising=False)

@@ -9,39 +9,18 @@ change them, and a per-process mean of the loss would differ), and results, figu
 are written once, by rank 0, into one run folder.
 """
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import pytorch_lightning as pl
 
 from inference.checkpoints import load_module
-from tests.conftest import REPO
+from tests.clirun import run_ddp
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
-from training.runs import HANDOFF_ENV
 
 pytestmark = pytest.mark.slow
 DDP = ("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp")
 TIMEOUT = 420
-
-
-def run_ddp(script, *args, timeout=TIMEOUT):
-    """Run `python script args` in its own process group; kill the whole group on timeout."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop(HANDOFF_ENV, None)
-    proc = subprocess.Popen([sys.executable, script, *map(str, args)], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher's children too
-        out, err = proc.communicate()
-        pytest.fail(f"{script} with DDP did not finish in {timeout} s (hang?):\n{err[-3000:]}")
-    assert proc.returncode == 0, err[-4000:]
-    return out, err
 
 
 def only_run(root, task):

@@ -19,7 +19,8 @@ from PIL import Image
 import demo
 from tests.clirun import run_main
 from tests.conftest import REPO
-from tests.test_predict import checkpoint_of, expected_colour, expected_mask, grey_of, photo_folder, read, trained
+from tests.fixtures.trained import trained
+from tests.test_predict import checkpoint_of, expected_colour, expected_mask, grey_of, photo_folder, read
 
 START_TIMEOUT = 240  # s: importing gradio and torch in a fresh process on 2 loaded cores
 # Runs demo.py with host-name lookups other than loopback refused and written to LOG. The offline guard of

@@ -18,22 +18,11 @@ import segmentation  # noqa: E402
 from inference import export  # noqa: E402
 from models.registry import build_model  # noqa: E402
 from tests.clirun import error_lines, run_main  # noqa: E402
-from tests.test_predict import FLOWER_SIZE, calibrate_batchnorm, checkpoint_of, dirs, trained  # noqa: E402
+from tests.fixtures.trained import FLOWER_SIZE, calibrate_batchnorm, dirs  # noqa: E402
+from tests.test_predict import checkpoint_of  # noqa: E402
 
 TOLERANCE = 1e-4
 COLOUR_SHAPES = [(1, 1, 36, 20), (3, 1, 64, 48)]  # traced on (2, 1, 32, 32)
-
-
-@pytest.fixture(scope="module")
-def colour_run(tmp_path_factory):
-    return trained("colour", tmp_path_factory)
-
-
-@pytest.fixture
-def flower_run(tmp_path_factory, monkeypatch):
-    root = trained("flowers", tmp_path_factory)
-    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
-    return root
 
 
 def session(data_or_path):

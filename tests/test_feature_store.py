@@ -8,7 +8,6 @@ import functools
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,8 +23,7 @@ from data.features import FeatureStore, array_digest, default_store_dir, feature
 from data.oxford17 import SPLIT_NAMES, Oxford17, normalise
 from errors import UserError
 from models.deeplabv3 import FineTunedDeepLabV3, build_deeplabv3
-from tests.clirun import error_lines, run_main
-from tests.conftest import REPO
+from tests.clirun import error_lines, run_ddp, run_main
 from tests.fixtures.oxford17 import write_oxford17
 from tests.test_download import _run_together, in_fresh_interpreter
 
@@ -438,22 +436,6 @@ def test_cli_unwritable_store_is_one_error_line_and_no_run(flowers, tmp_path, ca
 DDP = ("--accelerator", "cpu", "--devices", "2", "--strategy", "ddp")
 
 
-def run_ddp(script, *args, timeout=600):
-    """(stdout, stderr) of `python script args` (DDP on two CPU processes) in its own process group,
-    killed with its children on timeout."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, script, *map(str, args)], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{script} with DDP did not finish in {timeout} s (hang?):\n{err[-3000:]}")
-    assert proc.returncode == 0, err[-4000:]
-    return out, err
-
-
 @pytest.mark.slow
 def test_ddp_ranks_share_one_store_that_one_process_writes(tmp_path):
     """Two CPU processes (gloo), each preparing its own data: in the first run one builds the entry while the
@@ -462,13 +444,13 @@ def test_ddp_ranks_share_one_store_that_one_process_writes(tmp_path):
     common = ("--backbone", "mobilenet_v3_large", "--weights", "none", "--image-size", SIZE, "--batch-size", 2,
               "--epochs", 1, "--data-dir", data, "--feature-store", tmp_path / "fs", *DDP)
     out, err = run_ddp("segmentation.py", "--loss", "ce", *common, "--results-dir", tmp_path / "r1",
-                       "--logs-dir", tmp_path / "l1")
+                       "--logs-dir", tmp_path / "l1", timeout=600)
     assert out.count("feature store: built") == 1 and out.count("feature store: reused") == 1, out
     entries = list((tmp_path / "fs").iterdir())
     assert len(entries) == 1 and not entries[0].name.startswith(".tmp"), entries  # one entry, no leftovers
     stamp = (entries[0] / "train.npy").stat().st_mtime_ns
     out, err = run_ddp("segmentation.py", "--loss", "iou", *common, "--results-dir", tmp_path / "r2",
-                       "--logs-dir", tmp_path / "l2")
+                       "--logs-dir", tmp_path / "l2", timeout=600)
     assert out.count("feature store: reused") == 2 and "feature store: built" not in out, out
     assert list((tmp_path / "fs").iterdir()) == entries
     assert (entries[0] / "train.npy").stat().st_mtime_ns == stamp

@@ -1,10 +1,11 @@
 """--predict: use a trained model on your own images (colorization.py and segmentation.py).
 
-One run per task is trained for one epoch on the fixtures, once per test session (`trained`, which
-tests/test_export.py and tests/test_demo.py use too). The colours and masks written are compared with a
-second, plain implementation in this file (numpy padding, a net built from the checkpoint's tensors,
-Pillow's resizing), pixel for pixel. Prediction runs through the CLI's main, and once in a subprocess
-for the exit code, stderr and the progress bar of a folder with a corrupt file.
+One run per task is trained for one epoch on the fixtures, once per test session (the `colour_run` and
+`flower_run` fixtures of tests/fixtures/trained.py, which tests/test_export.py and tests/test_demo.py use
+too). The colours and masks written are compared with a second, plain implementation in this file
+(numpy padding, a net built from the checkpoint's tensors, Pillow's resizing), pixel for pixel. Prediction
+runs through the CLI's main, and once in a subprocess for the exit code, stderr and the progress bar of a
+folder with a corrupt file.
 """
 import json
 import shutil
@@ -27,84 +28,9 @@ from models.registry import MODELS
 from tests.clirun import error_lines, run_main
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
-from tests.fixtures.oxford17 import write_oxford17
+from tests.fixtures.trained import FLOWER_SIZE, dirs
 
-FLOWER_SIZE = 64  # image size of the segmentation run
 TEMPERATURE = 0.38  # color/palette.py DEFAULT_TEMPERATURE, the paper's
-
-
-# ---------------------------------------------------------------- trained runs (shared by three test files)
-
-def dirs(root):
-    return ["--results-dir", str(root / "results"), "--logs-dir", str(root / "logs")]
-
-
-def calibrate_batchnorm(model, size, seed=0):
-    """Set every BatchNorm's running statistics to those of one batch of random images of `size`; eval mode."""
-    for norm in (m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
-        norm.reset_running_stats()
-        norm.momentum = None  # a cumulative average: the statistics of the one batch below
-    with torch.no_grad():
-        model.train()(torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed)))
-    return model.eval()
-
-
-def write_calibrated_trunk(torch_home, backbone="mobilenet_v3_large"):
-    """A stand-in for the COCO weights file of `backbone` in `torch_home` (as models/standin_weights.py
-    writes one), random but usable: its BatchNorm statistics are those of random images, so features are
-    of order 1 and vary from pixel to pixel. (With the default statistics a random MobileNet's features
-    are ~1e-11: every mask would be the bias's one class, and a test comparing masks could not fail.)"""
-    from models.deeplabv3 import BACKBONES, STANDIN_SUFFIX
-    from models.standin_weights import standin_path
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = BACKBONES[backbone][0](weights=None, weights_backbone=None, num_classes=21, aux_loss=True)
-        calibrate_batchnorm(model, FLOWER_SIZE)
-    path = standin_path(backbone, torch_home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    Path(str(path) + STANDIN_SUFFIX).write_text("stand-in: random values, BatchNorm calibrated on random images\n")
-    return path
-
-
-def trained(kind, tmp_path_factory):
-    """The folder of a finished one-epoch run of `kind` ("colour": UNet with 8 filters; "flowers": DeepLabV3
-    MobileNet with the trunk of `write_calibrated_trunk` in <folder>/torch, 64 px), with results/ and logs/;
-    trained once per session. The flower run's trunk is found only with TORCH_HOME=<folder>/torch."""
-    root = tmp_path_factory.getbasetemp() / f"trained-{kind}"
-    if (root / "done").is_file():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    if kind == "colour":
-        write_cifar_folder(root / "cifar", n_per_batch=8, horse_every=2)
-        argv = ["UNet", "--epochs", "1", "--batch-size", "8", "--num-filters", "8", "--no-compile",
-                "--data-dir", root / "cifar", "--accelerator", "cpu", "--no-progress-bar", *dirs(root)]
-        code, _, _ = run_main(colorization.main, argv)
-    else:
-        write_oxford17(root / "oxford17", n_classes=2, per_class=4)
-        write_calibrated_trunk(root / "torch")
-        argv = ["--loss", "ce", "--backbone", "mobilenet_v3_large", "--image-size", str(FLOWER_SIZE),
-                "--batch-size", "4", "--epochs", "1", "--accelerator", "cpu", "--no-progress-bar",
-                "--data-dir", root / "oxford17", *dirs(root)]
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("TORCH_HOME", str(root / "torch"))
-            code, _, _ = run_main(segmentation.main, argv)
-    assert code == 0
-    (root / "done").write_text("")
-    return root
-
-
-@pytest.fixture(scope="module")
-def colour_run(tmp_path_factory):
-    return trained("colour", tmp_path_factory)
-
-
-@pytest.fixture
-def flower_run(tmp_path_factory, monkeypatch):
-    root = trained("flowers", tmp_path_factory)
-    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
-    return root
 
 
 def checkpoint_of(root, task, which):

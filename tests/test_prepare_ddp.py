@@ -3,16 +3,12 @@ starts both ranks at once, and each calls prepare_data): one extracts, the other
 both train, and the results are written once."""
 import hashlib
 import json
-import os
-import signal
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.clirun import ddp_env, run_in_group
 from tests.fixtures.cifar import write_cifar_archive
-from training.runs import HANDOFF_ENV
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 420
@@ -22,22 +18,13 @@ def test_torchrun_two_ranks_extract_cifar_once(tmp_path):
     data = tmp_path / "data"
     archive = write_cifar_archive(data, n_per_batch=22)  # 55 train, 11 val horses
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    env.pop(HANDOFF_ENV, None)
+    env = ddp_env(XDG_CACHE_HOME=str(tmp_path / "cache"))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "tests/fixtures/cifar_cli.py", md5, "UNet", "--num-filters", "8", "--epochs", "1", "--no-compile",
                "--batch-size", "4", "--data-dir", str(data), "--results-dir", str(tmp_path / "results"),
                "--logs-dir", str(tmp_path / "logs"), "--run-name", "both", "--accelerator", "cpu",
                "--devices", "2", "--strategy", "ddp"]
-    proc = subprocess.Popen(command, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"torchrun did not finish in {TIMEOUT} s (hang?):\n{err[-3000:]}")
-    assert proc.returncode == 0, err[-4000:]  # torchrun fails when either rank fails
+    out, err = run_in_group(command, env, TIMEOUT, "torchrun")  # torchrun fails when either rank fails
     log = out + err
     assert log.count(f"extracting {archive} into {data}") == 1, log[-4000:]  # one extraction
     assert "GLOBAL_RANK: 1" in log and "GLOBAL_RANK: 0" in log  # both ranks joined the training

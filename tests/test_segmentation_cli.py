@@ -375,14 +375,7 @@ def test_predict_uses_the_best_or_the_last_head_only_checkpoint(flowers, tmp_pat
     """Epoch 2 ends with a layer that calls every pixel flower, so best (epoch 1) and last differ;
     --checkpoint best|last finds each in the newest finished run and predicts with it."""
 
-    def all_flower_at_epoch_2(module):  # just before epoch 2 is validated and its checkpoints saved
-        if module.current_epoch == 1 and not module.trainer.sanity_checking:
-            with torch.no_grad():
-                module.model.last_layer.weight.zero_()
-                module.model.last_layer.bias.copy_(torch.tensor([-5.0, 5.0]))
-
-    monkeypatch.setattr(segmentation.SegmentationModule, "on_validation_epoch_start", all_flower_at_epoch_2,
-                        raising=False)
+    segeval.plant_all_flower_epoch_2(monkeypatch, segmentation.SegmentationModule)
     s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 2, "--lr", "0.05", capsys=capsys)
     assert s["best_val_miou_epoch"] == 1 and s["checkpoints"]["best"].endswith("best-epoch001.ckpt")
     number = segeval.split_numbers(flowers, "test")[0]

@@ -270,14 +270,7 @@ def test_test_split_is_scored_with_the_best_checkpoint_when_best_is_not_last(flo
     """Epoch 2 ends with a layer that calls every pixel flower (worse than epoch 1), so the best
     checkpoint is epoch 1's; the summary's test numbers are that checkpoint's, recomputed here."""
 
-    def all_flower_at_epoch_2(module):  # just before epoch 2 is validated and its checkpoints saved
-        if module.current_epoch == 1 and not module.trainer.sanity_checking:
-            with torch.no_grad():
-                module.model.last_layer.weight.zero_()
-                module.model.last_layer.bias.copy_(torch.tensor([-5.0, 5.0]))
-
-    monkeypatch.setattr(segmentation.SegmentationModule, "on_validation_epoch_start", all_flower_at_epoch_2,
-                        raising=False)
+    segeval.plant_all_flower_epoch_2(monkeypatch, segmentation.SegmentationModule)
     s = train(flowers, tmp_path, "--loss", "ce", "--epochs", 2)
     assert s["epochs"] == 2 and s["best_val_miou_epoch"] == 1
     assert s["history"][0]["val/miou"] > s["history"][1]["val/miou"] + 1e-3

@@ -15,7 +15,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy
 import pytorch_lightning as pl
+import torch
+import torchmetrics
+import torchvision
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -124,11 +128,6 @@ def run_task(config, prepared, *, task, prefix, monitor, mode, callbacks, result
 # ----------------------------------------------------------------------------- what ran, and where
 
 def library_versions():
-    import numpy
-    import torch
-    import torchmetrics
-    import torchvision
-
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "pytorch_lightning": pl.__version__, "torchmetrics": torchmetrics.__version__, "numpy": numpy.__version__}
 
@@ -152,8 +151,6 @@ def cpu_model():
 
 
 def describe_machine():
-    import torch
-
     gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
     names = [torch.cuda.get_device_name(i) for i in gpus]
     return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
