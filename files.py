@@ -12,7 +12,8 @@ from pathlib import Path
 from errors import UserError
 
 
-def _atomic(path, write):
+def atomic_save(path, save):
+    """`save(file object)` into `path` atomically, e.g. `atomic_save(path, lambda f: torch.save(obj, f))`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # os.open with mode 0o666, not mkstemp (0600): the kernel applies the umask in force now, as open() does
@@ -20,7 +21,7 @@ def _atomic(path, write):
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            save(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -31,7 +32,7 @@ def _atomic(path, write):
 
 
 def atomic_write_bytes(path, data):
-    return _atomic(path, lambda f: f.write(data))
+    return atomic_save(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path, text):
@@ -44,12 +45,7 @@ def atomic_write_json(path, obj):
 
 def atomic_save_figure(fig, path, dpi=110):
     """A matplotlib figure as PNG (the format is given: the temporary name has no .png)."""
-    return _atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
-
-
-def atomic_save(path, save):
-    """`save(file object)` into `path` atomically, e.g. `lambda f: torch.save(obj, f)`."""
-    return _atomic(path, save)
+    return atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
 
 
 def is_writable(folder):

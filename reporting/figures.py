@@ -32,21 +32,14 @@ def plot_curves(history, panels, path, title, lines=None):
     plt.close(fig)
 
 
-def to_hwc(images):
-    """(N, C, H, W) float tensor in [0, 1] (C = 1 or 3) -> (N, H, W, 3) numpy array for imshow."""
-    images = images.detach().float().cpu().clamp(0, 1)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    return images.permute(0, 2, 3, 1).numpy()
-
-
 def save_image_rows(rows, path, title, col_labels=None, legend=None):
     """A grid figure: each row is (label, (N, C, H, W) tensor in [0, 1]); one column per image;
     `legend`: [(label, RGB colour)] explaining the colours of masks."""
     n = max(r[1].shape[0] for r in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(1.35 * n + 0.8, 1.45 * len(rows) + 0.5), squeeze=False)
     for r, (label, images) in enumerate(rows):
-        arr = to_hwc(images)
+        # (N, C, H, W) in [0, 1] with C = 1 or 3 -> (N, H, W, 3) for imshow
+        arr = images.detach().float().cpu().clamp(0, 1).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()
         for c in range(n):
             ax = axes[r][c]
             ax.set_xticks([])

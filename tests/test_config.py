@@ -15,7 +15,7 @@ from errors import UsageError
 from tests.clirun import error_lines, run_main
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
-from training.config import settings, to_dict
+from training.config import settings
 from training.runs import differences
 
 TASKS = {"colorization": (colorization, colorization.ColorizationConfig),
@@ -43,7 +43,7 @@ def test_config_round_trip_gives_the_same_settings_except_epochs(cifar_dir, tmp_
     [first] = _run_folders(tmp_path / "results")
     folder = tmp_path / "results" / "colorization" / first
     stored = json.loads((folder / "config.json").read_text())
-    assert stored == {**to_dict(colorization.ColorizationConfig(
+    assert stored == {**dataclasses.asdict(colorization.ColorizationConfig(
         model="UNet", num_filters=8, kernel=5, lr=0.003, batch_size=16, epochs=1, seed=7, accelerator="cpu",
         compile=False, data_dir=str(cifar_dir), results_dir=str(tmp_path / "results"),
         logs_dir=str(tmp_path / "logs"))), "progress_bar": True}
@@ -88,7 +88,7 @@ def test_print_config_prints_the_resolved_config_and_exits(tmp_path, capsys, mon
     printed = json.loads(out)
     assert list(printed) == [f.name for f in dataclasses.fields(config_class)]
     assert {k: printed[k] for k in expected} == expected
-    assert printed == to_dict(config_class(**expected))  # every other field at its default
+    assert printed == dataclasses.asdict(config_class(**expected))  # every other field at its default
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]  # nothing trained, nothing written
 
 
@@ -99,7 +99,7 @@ def test_print_config_in_a_real_process_and_fed_back(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (tmp_path / "printed.json").write_text(proc.stdout)
     config = segmentation.parse_config(["--config", str(tmp_path / "printed.json")])
-    assert to_dict(config) == json.loads(proc.stdout)
+    assert dataclasses.asdict(config) == json.loads(proc.stdout)
     assert (config.loss, config.split, config.image_size) == ("iou", 2, 224)
 
 

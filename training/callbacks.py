@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_warn
@@ -47,8 +46,6 @@ class EpochHistory(Callback):
         self.history = []
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
         epoch = trainer.current_epoch + 1
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         self.history = [h for h in self.history if h["epoch"] != epoch] + [{"epoch": epoch, **metrics}]
@@ -65,15 +62,12 @@ class EpochHistory(Callback):
 
     def best(self, key, mode="min"):
         """(value, epoch) of the best recorded value of `key`, or (None, None)."""
-        rows = [h for h in self.history if key in h]
-        if not rows:
-            return None, None
-        row = (min if mode == "min" else max)(rows, key=lambda h: h[key])
-        return row[key], row["epoch"]
+        pick = min if mode == "min" else max
+        row = pick((h for h in self.history if key in h), key=lambda h: h[key], default=None)
+        return (None, None) if row is None else (row[key], row["epoch"])
 
     def last(self, key):
-        rows = [h for h in self.history if key in h]
-        return rows[-1][key] if rows else None
+        return next((h[key] for h in reversed(self.history) if key in h), None)
 
 
 class ProgressBar(TQDMProgressBar):
@@ -115,7 +109,7 @@ def enlarge(image, factor):
     """(C, H, W) image -> (C, factor*H, factor*W), each pixel a factor x factor block (nearest neighbour)."""
     if factor == 1:
         return image
-    return F.interpolate(image[None].float(), scale_factor=factor, mode="nearest")[0].to(image.dtype)
+    return image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
 class ValidationGrid(Callback):
@@ -285,12 +279,12 @@ class RunStamp(Callback):
 
 
 class RNGState(Callback):
-    """Saves and restores the Python, NumPy and torch RNGs (Lightning does not), as tensors and lists so that a
-    checkpoint still loads with weights_only=True; restored before the first resumed epoch draws anything."""
+    """Saves and restores the Python, NumPy and torch RNGs (Lightning does not), as tensors and Python values so that
+    a checkpoint still loads with weights_only=True; restored before the first resumed epoch draws anything."""
 
     def state_dict(self):
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {"python": _to_lists(random.getstate()), "torch": torch.get_rng_state(),
+        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
                  "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
@@ -299,17 +293,10 @@ class RNGState(Callback):
     def load_state_dict(self, state_dict):
         if not state_dict:
             return
-        random.setstate(_to_tuples(state_dict["python"]))
+        # checkpoints written before the state was stored as tuples hold lists
+        random.setstate(tuple(tuple(v) if isinstance(v, list) else v for v in state_dict["python"]))
         torch.set_rng_state(state_dict["torch"])
         kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
         np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
         if "cuda" in state_dict and torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
-
-
-def _to_lists(value):
-    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-def _to_tuples(value):
-    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value

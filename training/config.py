@@ -31,31 +31,20 @@ def option(default, help, *, flags=(), check=None, choices=None, group="training
                                                             metavar=metavar, positional=positional, shown=shown))
 
 
-def at_least(low):
-    """The check of an int that is at least `low`."""
+def bounded(convert, ok, rule):
+    """The check of a number `convert(text)` for which `ok(number)` holds; else a ValueError "<rule>, got <text>"."""
     def check(text):
-        value = int(text)
-        if value < low:
-            raise ValueError(f"must be at least {low}, got {value}")
+        value = convert(text)
+        if not ok(value):  # NaN fails every comparison, so it is refused too
+            raise ValueError(f"{rule}, got {text}")
         return value
     return check
 
 
-positive_int, non_negative_int = at_least(1), at_least(0)
-
-
-def positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"must be greater than 0, got {text}")
-    return value
-
-
-def unit_float(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must lie in [0, 1], got {text}")
-    return value
+positive_int = bounded(int, lambda v: v >= 1, "must be at least 1")
+non_negative_int = bounded(int, lambda v: v >= 0, "must be at least 0")
+positive_float = bounded(float, lambda v: v > 0, "must be greater than 0")
+unit_float = bounded(float, lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]")
 
 
 def devices_value(text):
@@ -227,23 +216,18 @@ def parse(config_class, argv, prog, description, epilog=None):
     given = vars(build_parser(config_class, prog, description, epilog).parse_args(argv))
     values = read_config_file(config_class, given.pop("config")) if "config" in given else {}
     show = given.pop("print_config", False)
-    for name in [k for k in given if k.endswith("_positional")]:
-        bare, flag = given.pop(name), given.get(name[:-len("_positional")])
-        if flag is not None and flag != bare:
-            raise UsageError(f"two different values given: {bare} and {flag_name(name[:-len('_positional')])} {flag}")
-        given[name[:-len("_positional")]] = bare
+    for key in [k for k in given if k.endswith("_positional")]:
+        name, bare = key.removesuffix("_positional"), given.pop(key)
+        if given.get(name) not in (None, bare):
+            raise UsageError(f"two different values given: {bare} and {flag_name(name)} {given[name]}")
+        given[name] = bare
     values = {**values, **given}
     hints = typing.get_type_hints(config_class)
     config = config_class(**{k: tuple(v) if _is_list(hints[k]) else v for k, v in values.items()})
     if show:
-        print(json.dumps(to_dict(config), indent=2))
+        print(json.dumps(dataclasses.asdict(config), indent=2))
         sys.exit(0)
     return config
-
-
-def to_dict(config):
-    """The config as a plain dict (what config.json holds)."""
-    return dataclasses.asdict(config)
 
 
 def settings(config):
@@ -251,21 +235,16 @@ def settings(config):
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata["setting"]}
 
 
-def dispatch(argv, commands):
-    """The `main(argv)` of the command that a mode flag in `argv` asks for ({flag: "module:function"}),
-    imported only then, so a training run never loads prediction or the sweep; None for training."""
+def entry_point(argv, commands, train, parse_config):
+    """A task script's `main`: the `main(argv)` of the command that a mode flag in `argv` asks for ({flag:
+    "module:function"}, imported only then, so a training run never loads prediction or the sweep), else
+    training through `run_main`."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     for flag, target in commands.items():
         if any(a == flag or a.startswith(flag + "=") for a in argv):
             module, function = target.split(":")
-            return getattr(importlib.import_module(module), function)
-    return None
-
-
-def entry_point(argv, commands, train, parse_config):
-    """A task script's `main`: the mode its flags ask for (`dispatch`), else training through `run_main`."""
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    command = dispatch(argv, commands)
-    return command(argv) if command else run_main(train, argv, parse_config)
+            return getattr(importlib.import_module(module), function)(argv)
+    return run_main(train, argv, parse_config)
 
 
 def run_main(main, argv, parse_config):

@@ -8,12 +8,12 @@ and every checkpoint; `differences` is the ONE place that decides whether two ru
 `torch.load(weights_only=True)`: a file from elsewhere never runs code while it is loaded.
 """
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import pickle
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ TASKS = ("colorization", "segmentation")
 HANDOFF_ENV = "IMAGE2IMAGE_RUN"
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Run:
     name: str
     logs: Path  # TensorBoard events and checkpoints/
@@ -58,9 +58,7 @@ def _flatten(value, prefix=""):
     """{"a": {"b": 1}} -> {"a.b": 1}; an empty dict inside stays a value of its own."""
     if not isinstance(value, dict):
         return {prefix[:-1]: value}
-    out = {}
-    for key, item in value.items():
-        out.update(_flatten(item, f"{prefix}{key}."))
+    out = {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
     return out if out or not prefix else {prefix[:-1]: {}}
 
 
@@ -108,14 +106,10 @@ def read_checkpoint(path, flag="--checkpoint"):
     return checkpoint
 
 
-def stamp(checkpoint):
-    return checkpoint.get(STAMP) or {}
-
-
 def load_checkpoint(path, task, model=None, flag="--checkpoint"):
     """The checkpoint dict at `path`, refused in one line unless it is of `task` (and, for colorization, `model`)."""
     checkpoint = read_checkpoint(path, flag)
-    found, hparams = stamp(checkpoint).get("task"), checkpoint["hyper_parameters"]
+    found, hparams = (checkpoint.get(STAMP) or {}).get("task"), checkpoint["hyper_parameters"]
     if found not in TASKS:
         raise UserError(f"{flag} {path}: not a checkpoint of colorization.py or segmentation.py (no task stamp)")
     if found != task:
@@ -178,9 +172,8 @@ def claimed_run(task, prefix, config, settings):
     else:
         for folder in (run.results, run.logs):
             check_writable(folder, "choose another with --results-dir / --logs-dir")
-    run = Run(run.name, run.logs, run.results, str(Path(resume).absolute()) if resume else None)
-    os.environ[HANDOFF_ENV] = json.dumps({"name": run.name, "logs": str(run.logs), "results": str(run.results),
-                                          "resume_from": run.resume_from})
+    run = dataclasses.replace(run, resume_from=str(Path(resume).absolute()) if resume else None)
+    os.environ[HANDOFF_ENV] = json.dumps(dataclasses.asdict(run), default=str)  # the folders' Paths as strings
     try:
         yield run
     finally:
@@ -195,7 +188,7 @@ def check_resumable(path, task, settings):
     if "loops" not in checkpoint or "optimizer_states" not in checkpoint:
         raise UserError(f"--resume {path}: holds weights but no training state; give last.ckpt or "
                         f"interrupted.ckpt from LOGS_DIR/{task}/<run>/checkpoints/")
-    changed = differences(stamp(checkpoint).get("settings"), settings, ignore=("config.epochs",))
+    changed = differences((checkpoint.get(STAMP) or {}).get("settings"), settings, ignore=("config.epochs",))
     data = [c for c in changed if c.startswith("data.")]
     if data:
         raise UserError(f"--resume {path}: the checkpoint was trained on other data ({'; '.join(data)}); "

@@ -4,6 +4,7 @@ Each task builds its `Prepared` (module, data, settings) and passes what differs
 headline and HParams metrics. The Trainer flags come from the config, so `--strategy ddp --devices N` is
 Lightning's own DDP (the DataModules shard the data themselves: data/batching.py).
 """
+import contextlib
 import os
 import platform
 import shlex
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy
@@ -27,7 +28,7 @@ from errors import Interrupted
 from files import atomic_write_json
 from training.callbacks import (EpochHistory, FiniteLossGuard, InterruptCheckpoint, ProgressBar, RNGState, RunStamp,
                                 checkpoints)
-from training.config import settings, to_dict
+from training.config import settings
 from training.runs import WEIGHTS, claimed_run, save_weights
 
 CONFIG_FILE, SUMMARY_FILE, MACHINE_FILE = "config.json", "summary.json", "machine.json"
@@ -94,7 +95,7 @@ def run_task(config, prepared, *, task, prefix, monitor, mode, callbacks, result
     module, datamodule = prepared.module, prepared.datamodule
     with claimed_run(task, prefix, config, prepared.settings) as run:
         if rank_zero_only.rank == 0:
-            atomic_write_json(run.results / CONFIG_FILE, {**to_dict(config), "resume": None})
+            atomic_write_json(run.results / CONFIG_FILE, {**asdict(config), "resume": None})
         trainer, history = build_trainer(run, config, monitor, mode, callbacks=[
             *callbacks, RunStamp(task, prepared.settings), RNGState(), FiniteLossGuard(),
             InterruptCheckpoint(run.checkpoints)])
@@ -112,7 +113,7 @@ def run_task(config, prepared, *, task, prefix, monitor, mode, callbacks, result
     fields = results(run, history, test_metrics)
     save_weights(best, run.results / WEIGHTS)
     atomic_write_json(run.results / MACHINE_FILE, describe_machine())
-    summary = {"task": task, "run": run.name, "settings": prepared.settings, "config": to_dict(config), **fields,
+    summary = {"task": task, "run": run.name, "settings": prepared.settings, "config": asdict(config), **fields,
                "epochs": len(history.history), "history": history.history, "wall_seconds": round(seconds, 2),
                "resumed_from": run.resume_from, "checkpoints": {"best": best, "last": last},
                "weights_file": str(run.results / WEIGHTS), "logs": str(run.logs), "command": shlex.join(sys.argv),
@@ -133,20 +134,16 @@ def library_versions():
 
 
 def cpu_model():
-    try:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
                              env={**os.environ, "LC_ALL": "C"}).stdout
         for line in out.splitlines():
             if line.strip().startswith("Model name:"):
                 return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or "unknown CPU"
 
 
