@@ -29,15 +29,12 @@ def load_palette(path: str | Path | None = None) -> torch.Tensor:
     """A palette file (None: the shipped one, never unpickled) as a float32 (K, 3) tensor in [0, 1], or a DataError.
     A path given may also hold the homework's pickled `[centres, distortion]` object array: loaded with a
     warning; other object arrays are refused from the file's header, without unpickling."""
-    explicit = path is not None and Path(path).resolve() != DEFAULT_PALETTE_PATH.resolve()
-    path = Path(path) if path is not None else DEFAULT_PALETTE_PATH
+    path = DEFAULT_PALETTE_PATH if path is None else Path(path)
+    explicit = path.resolve() != DEFAULT_PALETTE_PATH.resolve()
     if not path.is_file():
         raise DataError(f"palette file {path} not found; pass an existing .npy file or {REGENERATE_HINT}")
     shape = _object_array_shape(path)
-    if shape is not None:
-        array = _load_legacy(path, explicit, shape)
-    else:
-        array = _load_npy(path, allow_pickle=False)
+    array = _load_npy(path, allow_pickle=False) if shape is None else _load_legacy(path, explicit, shape)
     return check_palette(array, str(path))
 
 
@@ -113,8 +110,7 @@ def nearest_colour(rgb: torch.Tensor, palette: torch.Tensor, chunk: int = 64) ->
 
 def palette_to_rgb(indices: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
     """The image of palette colours of a class map: (..., H, W) int -> float (..., 3, H, W)."""
-    palette = palette.to(indices.device)
-    return palette[indices.long()].movedim(-1, -3)
+    return palette.to(indices.device)[indices.long()].movedim(-1, -3)
 
 
 def annealed_probabilities(logits, temperature=DEFAULT_TEMPERATURE):

@@ -59,8 +59,7 @@ def rebalance_weights(p, lam):
     p = torch.as_tensor(p, dtype=torch.float64)
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"the rebalancing lambda must lie in [0, 1], got {lam}")
-    q = p.numel()
-    mixed = (1.0 - lam) * p + lam / q
+    mixed = (1.0 - lam) * p + lam / p.numel()  # p.numel() = Q
     if bool((mixed <= 0).any()):
         raise ValueError("lambda = 0 with a colour that never occurs gives it an infinite weight; "
                          "use lambda > 0")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torchvision.datasets import CIFAR10
 
 from color.palette import check_palette, load_palette, nearest_colour
 from data.batching import TensorBatches, accelerator_device, tensor_loader
@@ -18,23 +19,13 @@ from data.download import (DownloadFailed, cache_folder, calculate_md5, extract,
                            write_root)
 from errors import DataError
 
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_URL, CIFAR_ARCHIVE, CIFAR_MD5 = CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5
+CIFAR_FOLDER = CIFAR10.base_folder
 HORSE = 7
-TRAIN_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
-TEST_BATCHES = ("test_batch",)
-# md5 of the files in the official archive (torchvision.datasets.CIFAR10 train_list/test_list/meta).
-OFFICIAL_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
-}
+TRAIN_BATCHES = tuple(name for name, _ in CIFAR10.train_list)
+TEST_BATCHES = tuple(name for name, _ in CIFAR10.test_list)
+# md5 of the files in the official archive, as torchvision lists them
+OFFICIAL_MD5 = dict(CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]])
 _WARNED_FOLDERS = set()  # folders already reported as non-official (warn once per process)
 
 
@@ -43,10 +34,8 @@ _WARNED_FOLDERS = set()  # folders already reported as non-official (warn once p
 def load_batches(folder, names):
     """(images uint8 (N, 3, 32, 32), labels int64 (N,)) of the CIFAR-10 python batches `names` in `folder`:
     the one place that reads them; a missing, truncated or foreign file is a DataError naming it."""
-    parts = [_read_batch(Path(folder) / name) for name in names]
-    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 3, 32, 32), np.uint8)
-    labels = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0,), np.int64)
-    return images, labels
+    images, labels = zip(*(_read_batch(Path(folder) / name) for name in names))
+    return np.concatenate(images), np.concatenate(labels)
 
 
 class ForbiddenGlobal(pickle.UnpicklingError):
@@ -180,12 +169,10 @@ class CIFARHorses(pl.LightningDataModule):
     shipped one), a .npy path or a (K, 3) tensor. On a CUDA Trainer batches are gathered on the GPU."""
 
     def __init__(self, data_dir="datasets", batch_size=100, palette=None, num_workers=0, download=True,
-                 url=CIFAR_URL, md5=CIFAR_MD5, seed=0, on_device=True):
+                 url=CIFAR_URL, md5=CIFAR_MD5, seed=0):
         super().__init__()
-        # prepare_data writes to data_dir (or its cache) on this machine, under a lock (data/download.py)
-        self.prepare_data_per_node = True
         self.data_dir = Path(data_dir).expanduser()
-        self.batch_size, self.num_workers, self.seed, self.on_device = batch_size, num_workers, seed, on_device
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.download, self.url, self.md5 = download, url, md5
         # Loaded now, so that models can be built from num_colours before setup().
         if palette is None or isinstance(palette, (str, Path)):
@@ -196,14 +183,15 @@ class CIFARHorses(pl.LightningDataModule):
         self.train_set = self.val_set = self.source = None
 
     def prepare_data(self):
-        """Find, or extract / download, the batch folder (one process at a time; the others wait)."""
+        """Find, or extract / download, the batch folder in data_dir or its cache: on every machine (Lightning's
+        prepare_data_per_node), one process at a time, under a lock (data/download.py); the others wait."""
         ensure_cifar(self.data_dir, self.download, self.url, self.md5)
 
     def setup(self, stage=None):
         """Build the train and val tensors once; later calls do nothing."""
         if self.train_set is not None:
             return
-        folder = find_batch_folder(self.data_dir) or ensure_cifar(self.data_dir, self.download, self.url, self.md5)
+        folder = ensure_cifar(self.data_dir, self.download, self.url, self.md5)
         mismatched = md5_mismatches(folder)
         if mismatched and str(folder) not in _WARNED_FOLDERS:
             _WARNED_FOLDERS.add(str(folder))
@@ -217,7 +205,7 @@ class CIFARHorses(pl.LightningDataModule):
                        "num_colours": self.num_colours, "checksum": self.data_checksum()}
 
     def _loader(self, dataset, train):
-        device = accelerator_device(self) if self.on_device else None
+        device = accelerator_device(self)
         if device is not None:  # gathered on the GPU: no copy of the data per step, no workers
             return tensor_loader(self, dataset.to(device), train)
         return tensor_loader(self, dataset, train, self.num_workers)

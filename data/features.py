@@ -53,11 +53,6 @@ def identity_key(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def _as_json(identity: dict):
-    """The identity as meta.json records it (tuples become lists, other values strings)."""
-    return json.loads(json.dumps(identity, default=str))
-
-
 def _unwritable(root, err, hint="choose a writable folder with --feature-store DIR, or use --no-feature-cache"):
     return UserError(f"cannot write the feature store in {root} ({err.strerror or err}); {hint}")
 
@@ -116,8 +111,6 @@ class FeatureStore:
     def clean_stale(self, key: str) -> None:
         """Remove temporary folders of `key` left by builds whose process is gone (same host)."""
         host = socket.gethostname()
-        if not self.root.is_dir():
-            return
         for tmp in self.root.glob(f"{TMP_PREFIX}{key}-*"):
             parts = tmp.name[len(TMP_PREFIX) + len(key) + 1:].rsplit("-", 2)
             if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or _pid_alive(int(parts[1])):
@@ -141,7 +134,8 @@ class FeatureStore:
             return self._fault(path, f"has an unreadable meta.json ({err})", repair)
         if meta.get("format") != FORMAT or meta.get("key") != key:
             return self._fault(path, "was written in another format or under another key", repair)
-        if identity is not None and meta.get("identity") != _as_json(identity):
+        # compared as meta.json records the identity (tuples become lists, other values strings)
+        if identity is not None and meta.get("identity") != json.loads(json.dumps(identity, default=str)):
             return self._fault(path, "records another identity than its key stands for", repair)
         arrays = {}
         for split, (shape, dtype) in expected.items():
@@ -235,8 +229,7 @@ def _compute(features_fn, images, normalise, device, batch_size, out, autocast, 
     for start in tqdm(range(0, len(images), batch_size), desc=f"trunk features: {name}", unit="batch"):
         x = normalise(images[start:start + batch_size].to(device))
         with torch.no_grad(), autocast():
-            f = features_fn(x).float().cpu()
-        out[start:start + len(f)] = f.numpy() if isinstance(out, np.ndarray) else f
+            out[start:start + len(x)] = features_fn(x).float().cpu()
     return out
 
 

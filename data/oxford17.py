@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import Dataset
+from torchvision.transforms import functional as TF
 
 from data.batching import tensor_loader
 from data.download import (DownloadFailed, cache_folder, calculate_md5, exclusive, extract, fetch, folder_for_writing,
@@ -132,9 +133,7 @@ def preprocess(rgb8: np.ndarray, size: int) -> torch.Tensor:
 
 def normalise(images_uint8: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (..., 3, S, S) -> float, scaled to [0, 1] and normalised with the weights' mean and std."""
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=images_uint8.device).view(3, 1, 1)
-    return (images_uint8.float() / 255 - mean) / std
+    return TF.normalize(images_uint8.float() / 255, mean, std)
 
 
 def _read_rgb(path: Path, what: str, archive: str) -> np.ndarray:
@@ -164,19 +163,14 @@ class Oxford17Pairs(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return normalise(images_uint8, self.mean, self.std)
-
     def __getitem__(self, i):
-        image, mask = self.normalise(self.images[i]), self.masks[i].long()
-        if self.flip and torch.rand(()) < 0.5:
-            image, mask = image.flip(-1), mask.flip(-1)
-        return image, mask
+        images, masks = self.__getitems__([i])
+        return images[0], masks[0]
 
     def __getitems__(self, indices):
         """A whole batch at once (see data/batching.py): one gather and one normalisation."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        images, masks = self.normalise(self.images[index]), self.masks[index].long()
+        images, masks = normalise(self.images[index], self.mean, self.std), self.masks[index].long()
         if self.flip:
             flip = torch.rand(len(index)) < 0.5
             images[flip], masks[flip] = images[flip].flip(-1), masks[flip].flip(-1)
@@ -238,12 +232,10 @@ class Oxford17(pl.LightningDataModule):
         raise DataError(f"{path} downloaded from {self._url(name)} has md5 {got}, expected {expected}; "
                         f"{move_aside(path)}: download it again and put it in {path.parent}")
 
-    def _find(self, name: str) -> Path | None:
-        return next((root / name for root in (self.data_dir, self.cache_dir) if (root / name).is_file()), None)
-
-    def _find_folder(self, folder: str, pattern: str) -> Path | None:
-        return next((root / folder for root in (self.data_dir, self.cache_dir) if _count(root / folder, pattern)),
-                    None)
+    def _find(self, name: str, pattern: str | None = None) -> Path | None:
+        """data_dir/`name`, else the cache's: a file, or with `pattern` a folder holding files that match it."""
+        paths = (root / name for root in (self.data_dir, self.cache_dir))
+        return next((path for path in paths if (_count(path, pattern) if pattern else path.is_file())), None)
 
     def _find_or_download(self, name: str, notes: dict) -> Path | None:
         """Path of file `name` in data_dir (or the cache), downloading it if allowed; None if it is
@@ -269,7 +261,7 @@ class Oxford17(pl.LightningDataModule):
     def _obtain_folder(self, folder: str, archive: str, pattern: str) -> tuple[Path | None, dict]:
         """An existing `folder` with files matching `pattern`, else the extracted `archive`."""
         notes: dict = {"url": self._url(archive)}
-        found = self._find_folder(folder, pattern)
+        found = self._find(folder, pattern)
         if found is not None:
             notes.update(origin=f"folder {found}", md5="not checked (extracted folder used)",
                          files=_count(found, pattern))
@@ -292,7 +284,7 @@ class Oxford17(pl.LightningDataModule):
     def _needs_writing(self) -> bool:
         """Whether prepare_data would download or extract anything (else it only finds files)."""
         for folder, archive, pattern in _FOLDERS:
-            if self._find_folder(folder, pattern) is None and (self.download or self._find(archive) is not None):
+            if self._find(folder, pattern) is None and (self.download or self._find(archive) is not None):
                 return True
         return self.download and self._find(SPLITS_FILE) is None
 
@@ -353,9 +345,8 @@ class Oxford17(pl.LightningDataModule):
     def _decode(self, numbers: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode and resize all pairs once (threads: PIL releases the GIL) -> uint8 tensors."""
         jobs = [(self.jpg_dir / f"image_{n:04d}.jpg", self.trimap_dir / f"image_{n:04d}.png") for n in numbers]
-        size = self.image_size
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            pairs = list(pool.map(lambda job: _decode_pair(*job, size, self.unlabelled), jobs))
+            pairs = list(pool.map(lambda job: _decode_pair(*job, self.image_size, self.unlabelled), jobs))
         return torch.stack([p[0] for p in pairs]), torch.from_numpy(np.stack([p[1] for p in pairs]))
 
     def setup(self, stage: str | None = None) -> None:
@@ -423,15 +414,10 @@ class Oxford17(pl.LightningDataModule):
         for i, number in enumerate(self.split_numbers["val"]):
             by_class.setdefault(class_of(number), []).append(i)
         classes = sorted(by_class)
-        if not classes:
-            return []
-        picked_classes = [classes[int(j * len(classes) / min(n, len(classes)))] for j in range(min(n, len(classes)))]
-        order = picked_classes + [c for c in classes if c not in picked_classes]
-        out, rank = [], 0
-        while len(out) < min(n, len(self.split_numbers["val"])):
-            out += [by_class[c][rank] for c in order if rank < len(by_class[c])][: n - len(out)]
-            rank += 1
-        return out
+        picked = [classes[j * len(classes) // min(n, len(classes))] for j in range(min(n, len(classes)))]
+        order = picked + [c for c in classes if c not in picked]
+        ranked = sorted((rank, order.index(c), i) for c in order for rank, i in enumerate(by_class[c]))
+        return [i for *_, i in ranked[:n]]
 
 
 @rank_zero_only

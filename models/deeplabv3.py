@@ -96,10 +96,8 @@ class FineTunedDeepLabV3(nn.Module):
 
     def feature_shape(self, image_size: int) -> tuple[int, int, int]:
         """(256, h, w) of `features` for square images of `image_size`: every stride-2 layer of these
-        backbones pads so that it maps n pixels to ceil(n / 2)."""
-        side = int(image_size)
-        for _ in range(self.output_stride.bit_length() - 1):
-            side = -(-side // 2)
+        backbones pads so that it maps n pixels to ceil(n / 2), so the trunk maps them to ceil(n / output_stride)."""
+        side = -(-int(image_size) // self.output_stride)
         return (FEATURE_CHANNELS, side, side)
 
     def trunk_identity(self) -> dict:
@@ -117,7 +115,7 @@ class FineTunedDeepLabV3(nn.Module):
         return dict(self._identity)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-            return [p for p in self.parameters() if p.requires_grad]
+        return [p for p in self.parameters() if p.requires_grad]
 
 
 def _coco_state_dict(backbone):

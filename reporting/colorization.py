@@ -114,12 +114,9 @@ def headline(s):
 
 def metrics(s):
     """The numbers of the HParams tab."""
-    q = s["colour_quality"]
-    return {"final_val_loss": s["final_val_loss"], "best_val_loss": s["best_val_loss"],
-            "final_val_acc": s["final_val_acc"], "best_val_acc": s["best_val_acc"],
-            "colourfulness_ratio": q["colourfulness_ratio"], "ciede2000_argmax": q["ciede2000_argmax"],
-            "ciede2000_annealed": q["ciede2000_annealed"], "psnr_argmax": q["psnr_argmax"],
-            "ssim_argmax": q["ssim_argmax"]}
+    quality = ("colourfulness_ratio", "ciede2000_argmax", "ciede2000_annealed", "psnr_argmax", "ssim_argmax")
+    return ({k: s[k] for k in ("final_val_loss", "best_val_loss", "final_val_acc", "best_val_acc")}
+            | {k: s["colour_quality"][k] for k in quality})
 
 
 # ----------------------------------------------------------------------------- colour-quality figures

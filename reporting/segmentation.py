@@ -19,8 +19,7 @@ MASK_COLOURS = {"background": (0.0, 0.0, 0.0), "flower": (1.0, 1.0, 1.0),
 def mask_to_rgb(mask, ignore_index):
     """(N, H, W) class ids (0 background, 1 flower, `ignore_index`) -> (N, 3, H, W) MASK_COLOURS."""
     table = torch.tensor(list(MASK_COLOURS.values()), dtype=torch.float32)
-    idx = mask.long().clone().cpu()
-    idx[idx == ignore_index] = 2
+    idx = torch.where(mask == ignore_index, 2, mask.long()).cpu()
     return table[idx].permute(0, 3, 1, 2)
 
 

@@ -214,7 +214,7 @@ def test_augment_flips_image_and_mask_together(tree):
     dm = _dm(tree, augment=True)
     dm.setup()
     pairs = dm._pairs["train"]
-    plain = (pairs.normalise(pairs.images[0]), pairs.masks[0].long())
+    plain = (normalise(pairs.images[0], pairs.mean, pairs.std), pairs.masks[0].long())
     torch.manual_seed(0)
     seen = set()
     for _ in range(20):
