@@ -177,3 +177,19 @@ def test_feature_shape_is_that_of_the_features(resnet50, mobilenet, size):
         with torch.no_grad():
             features = model.features(torch.randn(1, 3, size, size))
         assert tuple(features.shape[1:]) == model.feature_shape(size)
+
+
+def test_channels_last_trunk_gives_the_nchw_features(resnet50):
+    """The trunk is kept channels-last for speed; its features are those of the same weights in NCHW."""
+    conv = resnet50.model.backbone.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert resnet50.last_layer.weight.is_contiguous()  # the trained layer and its checkpoint keep NCHW
+    nchw = copy.deepcopy(resnet50)
+    for module in nchw._frozen_modules():
+        module.to(memory_format=torch.contiguous_format)
+    assert nchw.model.backbone.conv1.weight.is_contiguous()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast, plain = resnet50.features(x), nchw.features(x)
+    assert fast.abs().max().item() > 0.1
+    assert (fast - plain).abs().max().item() < 1e-4
