@@ -56,11 +56,6 @@ class EpochShuffle(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
-def distributed_info(datamodule):
-    trainer = getattr(datamodule, "trainer", None)
-    return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
-
-
 def accelerator_device(datamodule):
     """The CUDA device this process trains on, or None (no Trainer yet, or not a CUDA run)."""
     trainer = getattr(datamodule, "trainer", None)
@@ -86,7 +81,8 @@ def tensor_loader(datamodule, dataset, train, num_workers=0, pin_memory=False):
     """The DataLoader of a dataset that serves whole batches (`__getitems__`): the sampler above, the
     DataModule's batch size and seed, and a private generator, since creating an iterator draws a
     worker base seed that must never consume the global RNG (a checkpoint restores that state)."""
-    rank, world_size = distributed_info(datamodule)
+    trainer = getattr(datamodule, "trainer", None)
+    rank, world_size = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
     return DataLoader(dataset, batch_size=datamodule.batch_size, collate_fn=keep_batch,
                       sampler=make_sampler(dataset, train, rank, world_size, datamodule.seed),
                       generator=torch.Generator().manual_seed(int(datamodule.seed) & 0xFFFFFFFF),

@@ -12,11 +12,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import calculate_md5
 
 from color.palette import check_palette, load_palette, nearest_colour
 from data.batching import TensorBatches, accelerator_device, tensor_loader
-from data.download import (DownloadFailed, cache_folder, calculate_md5, extract, fetch, move_aside, prepare_once,
-                           write_root)
+from data.download import DownloadFailed, cache_folder, extract, fetch, move_aside, prepare_once, write_root
 from errors import DataError
 
 CIFAR_URL, CIFAR_ARCHIVE, CIFAR_MD5 = CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5
@@ -126,20 +126,13 @@ def ensure_cifar(data_dir, download=True, url=CIFAR_URL, md5=CIFAR_MD5):
                 raise DataError(f"{e}. Download {CIFAR_ARCHIVE} from {url} by hand and put it (or its extracted "
                                 f"{CIFAR_FOLDER}/ folder) in {data_dir}, or point --data-dir at a folder "
                                 f"that holds a local copy") from e
-        _check_md5(archive, md5, url)
+        if md5 is not None and (actual := calculate_md5(str(archive))) != md5:
+            raise DataError(f"{archive} has md5 {actual}, expected {md5} (truncated or a different file); "
+                            f"{move_aside(archive)}. Download {CIFAR_ARCHIVE} again from {url}")
         hint = f"delete it and download {CIFAR_ARCHIVE} again from {url}"
         return extract(archive, out_dir, CIFAR_FOLDER, _complete, hint).resolve()
 
     return prepare_once(out_dir, CIFAR_ARCHIVE, lambda: find_batch_folder(data_dir), make)
-
-
-def _check_md5(archive, md5, url):
-    if md5 is None:
-        return
-    actual = calculate_md5(str(archive))
-    if actual != md5:
-        raise DataError(f"{archive} has md5 {actual}, expected {md5} (truncated or a different file); "
-                        f"{move_aside(archive)}. Download {CIFAR_ARCHIVE} again from {url}")
 
 
 def md5_mismatches(folder):

@@ -23,13 +23,10 @@ import warnings
 import zlib
 from pathlib import Path
 
-from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
+from torchvision.datasets.utils import download_url, extract_archive
 
 from errors import DataError
 from files import is_writable
-
-__all__ = ["DownloadFailed", "cache_base", "cache_folder", "calculate_md5", "extract", "fetch", "folder_for_writing",
-           "move_aside", "prepare_once", "write_root"]
 
 
 # ----------------------------------------------------------------------------- folders

@@ -159,18 +159,13 @@ class FeatureStore:
             arrays[split] = array
         return arrays
 
-    def nbytes(self, key: str) -> int:
-        """Bytes of entry `key` on disk."""
-        return sum(f.stat().st_size for f in self.entry(key).iterdir() if f.is_file())
-
     # ------------------------------------------------------------------ writing
     def create(self, key: str, identity: dict, shapes: dict, dtype: str) -> "EntryWriter":
         """A writer of entry `key` in a temporary folder; `shapes` = {split: shape}."""
         self.clean_stale(key)
         tmp = self.root / f"{TMP_PREFIX}{key}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp.mkdir()
+            tmp.mkdir(parents=True)  # and the store folder, if missing
         except OSError as err:
             raise _unwritable(self.root, err) from err
         return EntryWriter(self, key, identity, shapes, dtype, tmp)
@@ -264,7 +259,7 @@ def trunk_features(features_fn, images: dict, normalise, identity: dict, feature
     if arrays is None:
         raise UserError(f"the feature store entry {store.entry(key)} is broken right after it was built; "
                         f"delete it, or use --no-feature-cache")
-    total = store.nbytes(key)
+    total = sum(f.stat().st_size for f in store.entry(key).iterdir() if f.is_file())  # the entry's bytes on disk
     print(f"feature store: {'reused' if reused else 'built'} {store.entry(key)} ({total / 2**20:.1f} MiB, "
           f"{'/'.join(images)})", flush=True)
     info = {"location": str(store.entry(key)), "bytes": total, "reused": reused, "key": key, "splits": list(images)}

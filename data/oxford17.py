@@ -21,11 +21,12 @@ import torch
 from PIL import Image
 from pytorch_lightning.utilities import rank_zero_only
 from torch.utils.data import Dataset
+from torchvision.datasets.utils import calculate_md5
 from torchvision.transforms import functional as TF
 
 from data.batching import tensor_loader
-from data.download import (DownloadFailed, cache_folder, calculate_md5, exclusive, extract, fetch, folder_for_writing,
-                           move_aside, write_root)
+from data.download import (DownloadFailed, cache_folder, exclusive, extract, fetch, folder_for_writing, move_aside,
+                           write_root)
 from errors import DataError, UsageError
 
 URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/"
@@ -55,8 +56,7 @@ def trimap_to_mask(rgb: np.ndarray, unlabelled: str = "ignore") -> np.ndarray:
     IGNORE_INDEX (unlabelled="ignore") or background, every other colour background 0."""
     if unlabelled not in UNLABELLED_CHOICES:
         raise UsageError(f"unlabelled must be one of {UNLABELLED_CHOICES}, got {unlabelled!r}")
-    rgb = np.asarray(rgb, dtype=np.uint8)
-    code = _rgb_code(rgb)  # one int per pixel: two comparisons instead of six
+    code = _rgb_code(np.asarray(rgb, dtype=np.uint8))  # one int per pixel: two comparisons instead of six
     mask = np.full(code.shape, BACKGROUND, dtype=np.uint8)
     mask[code == _rgb_code(np.array(FLOWER_RGB, dtype=np.uint8))] = FLOWER
     if unlabelled == "ignore":
@@ -213,24 +213,18 @@ class Oxford17(pl.LightningDataModule):
     def _url(self, name: str) -> str:
         return self.base_url + name
 
-    def _check_md5(self, path: Path, name: str, notes: dict, downloaded: bool) -> None:
-        """Record the md5 check in notes. A downloaded file with the wrong md5 is moved aside to
+    def _check_md5(self, path: Path, name: str, downloaded: bool) -> str:
+        """The md5 check, for the notes. A downloaded file with the wrong md5 is moved aside to
         <name>.bad-md5 and is a DataError; a file the user put there is used as given (with a warning)."""
         expected = self.md5.get(name)
-        if expected is None:
-            notes["md5"] = "no md5 known"
-            return
-        got = calculate_md5(str(path))
+        got = None if expected is None else calculate_md5(str(path))
         if got == expected:
-            notes["md5"] = f"checked ({expected})"
-            return
-        if not downloaded:
-            notes["md5"] = f"differs from the official {expected} (got {got}); used as given"
-            warnings.warn(f"Oxford17: {path} has md5 {got}, not the official {expected}; using it as given",
-                          stacklevel=4)
-            return
-        raise DataError(f"{path} downloaded from {self._url(name)} has md5 {got}, expected {expected}; "
-                        f"{move_aside(path)}: download it again and put it in {path.parent}")
+            return "no md5 known" if expected is None else f"checked ({expected})"
+        if downloaded:
+            raise DataError(f"{path} downloaded from {self._url(name)} has md5 {got}, expected {expected}; "
+                            f"{move_aside(path)}: download it again and put it in {path.parent}")
+        warnings.warn(f"Oxford17: {path} has md5 {got}, not the official {expected}; using it as given", stacklevel=4)
+        return f"differs from the official {expected} (got {got}); used as given"
 
     def _find(self, name: str, pattern: str | None = None) -> Path | None:
         """data_dir/`name`, else the cache's: a file, or with `pattern` a folder holding files that match it."""
@@ -242,8 +236,7 @@ class Oxford17(pl.LightningDataModule):
         missing and cannot be downloaded (the reason goes into notes["missing"])."""
         path = self._find(name)
         if path is not None:
-            notes["origin"] = f"found {path}"
-            self._check_md5(path, name, notes, downloaded=False)
+            notes.update(origin=f"found {path}", md5=self._check_md5(path, name, downloaded=False))
             return path
         if not self.download:
             notes["missing"] = "not found and download=False"
@@ -254,8 +247,7 @@ class Oxford17(pl.LightningDataModule):
         except DownloadFailed as err:
             notes["missing"] = f"download failed: {err.reason}"
             return None
-        notes["origin"] = f"downloaded {url} to {path}"
-        self._check_md5(path, name, notes, downloaded=True)
+        notes.update(origin=f"downloaded {url} to {path}", md5=self._check_md5(path, name, downloaded=True))
         return path
 
     def _obtain_folder(self, folder: str, archive: str, pattern: str) -> tuple[Path | None, dict]:
@@ -283,10 +275,9 @@ class Oxford17(pl.LightningDataModule):
 
     def _needs_writing(self) -> bool:
         """Whether prepare_data would download or extract anything (else it only finds files)."""
-        for folder, archive, pattern in _FOLDERS:
-            if self._find(folder, pattern) is None and (self.download or self._find(archive) is not None):
-                return True
-        return self.download and self._find(SPLITS_FILE) is None
+        to_extract = any(self._find(folder, pattern) is None and (self.download or self._find(archive) is not None)
+                         for folder, archive, pattern in _FOLDERS)
+        return to_extract or (self.download and self._find(SPLITS_FILE) is None)
 
     def prepare_data(self) -> None:
         """Find (or extract, or download) jpg/, trimaps/ and datasplits.mat, recording what was verified in

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler, TensorDataset
 
-from data.batching import (EpochShuffle, TensorBatches, TensorDataModule, accelerator_device, distributed_info,
-                           epoch_seed, keep_batch, make_sampler, tensor_loader)
+from data.batching import (EpochShuffle, TensorBatches, TensorDataModule, accelerator_device, epoch_seed, keep_batch,
+                           make_sampler, tensor_loader)
 from data.cifar import CIFARHorses
 from errors import UsageError
 from tests.fixtures.cifar import write_cifar_folder
@@ -63,9 +63,11 @@ def test_too_few_items_for_the_processes_is_a_clear_error():
 
 
 def test_trainer_facts_default_to_one_cpu_process():
-    dm = SimpleNamespace(trainer=None)
-    assert distributed_info(dm) == (0, 1) and accelerator_device(dm) is None
-    assert distributed_info(SimpleNamespace(trainer=fake_trainer(1, 4))) == (1, 4)
+    data = TensorBatches(torch.arange(8))
+    dm = SimpleNamespace(trainer=None, batch_size=2, seed=0)
+    assert isinstance(tensor_loader(dm, data, True).sampler, EpochShuffle) and accelerator_device(dm) is None
+    sampler = tensor_loader(SimpleNamespace(trainer=fake_trainer(1, 4), batch_size=2, seed=0), data, True).sampler
+    assert (sampler.rank, sampler.num_replicas) == (1, 4)
     assert accelerator_device(SimpleNamespace(trainer=fake_trainer(0, 1, "cpu"))) is None
 
 

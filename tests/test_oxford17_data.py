@@ -323,6 +323,24 @@ def test_md5_mismatch_moves_the_download_aside(tmp_path):
     assert bad.is_file() and not (tmp_path / "data" / "17flowers.tgz").exists()
 
 
+def test_placed_files_with_another_md5_are_used_with_a_warning(tmp_path):
+    """Files the user put there are theirs: a wrong md5 warns (once per file) and is recorded, never moved."""
+    data = write_oxford17_archives(tmp_path / "data", n_classes=1, per_class=4)
+    dm = Oxford17(data, image_size=16, download=False)  # the official md5s: the fixture's files differ
+    with pytest.warns(UserWarning) as caught:
+        dm.prepare_data()
+    messages = [str(w.message) for w in caught]
+    for name in ("17flowers.tgz", "datasplits.mat"):
+        got = hashlib.md5((data / name).read_bytes()).hexdigest()
+        assert f"Oxford17: {data / name} has md5 {got}, not the official {ox.MD5[name]}; using it as given" in messages
+    assert len(messages) == 2  # trimaps.tgz has no md5 to compare
+    got = hashlib.md5((data / "17flowers.tgz").read_bytes()).hexdigest()
+    assert dm.source["jpg"]["md5"] == f"differs from the official {ox.MD5['17flowers.tgz']} (got {got}); used as given"
+    assert dm.source["trimaps"]["md5"] == "no md5 known"
+    assert dm.source["jpg"]["extracted"].startswith("ok: 4 files") and dm.splits_path == data / "datasplits.mat"
+    assert not list(data.glob("*.bad-md5")) and (data / "17flowers.tgz").is_file()
+
+
 def test_local_archives_in_read_only_dir_extract_to_cache(tmp_path, monkeypatch):
     server = write_oxford17_archives(tmp_path / "readonly", n_classes=1, per_class=4, with_splits=False)
     real_writable = download.is_writable  # chmod does not stop root: pretend the folder is read-only
