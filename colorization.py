@@ -28,7 +28,7 @@ from reporting import colorization as results
 from training.callbacks import CustomScalars, Speed
 from training.config import (RunConfig, entry_point, option, parse, positive_float, positive_int, settings,
                              unit_float)
-from training.runs import check_resume_path, reuse_or_train, run_settings
+from training.runs import check_resume_path, run_settings
 from training.trainer import Prepared, run_task
 
 TASK = "colorization"
@@ -185,11 +185,6 @@ def train(config, prepared=None):
                     callbacks=trainer_callbacks(config, prepared),
                     monitor=results.monitor(module.rebalanced), headline=results.headline, metrics=results.metrics,
                     results=lambda run, history, _: results.write_results(module, datamodule, config, run, history))
-
-
-def train_or_reuse(config, log=print):
-    """(summary, trained): a finished run with these settings, or one trained now (report, sweep)."""
-    return reuse_or_train(TASK, prepare, train, config, log)
 
 
 def parse_config(argv=None):

@@ -12,7 +12,7 @@ trains one run per batch size (every other flag as given, the same for all) and 
 - `samples_bs<B>.png`: the validation samples of the run with batch size B;
 - `sweep.json`: the sweep's settings and its runs.
 
-A run already finished with the same settings is reused (training/runs.py), so an interrupted sweep
+A run already finished with the same settings is reused (reporting/reuse.py), so an interrupted sweep
 resumes where it stopped. The folder is `batch_sweep/` when it is free or holds a sweep with the same
 settings; a sweep with other settings goes to the first free or matching `batch_sweep-2`, ... The runs
 go one after the other in one process; several devices (DDP) are refused with one line.
@@ -33,6 +33,7 @@ from matplotlib.ticker import MaxNLocator
 import colorization
 from errors import UsageError
 from files import atomic_save_figure, atomic_write_bytes, atomic_write_json, atomic_write_text
+from reporting.reuse import reuse_or_train
 from training.config import option, parse, positive_int, run_main, settings
 
 TASK = colorization.TASK
@@ -128,7 +129,7 @@ def run_sweep(config, log=print):
     runs = run_configs(config)
     for b, one in runs:
         log(f"batch-size sweep: batch size {b} ({config.epochs} epoch(s))")
-        summary, new = colorization.train_or_reuse(one, log)
+        summary, new = reuse_or_train(TASK, colorization.prepare, colorization.train, one, log)
         summaries.append(summary)
         trained += new
     return write_sweep(config, [b for b, _ in runs], summaries, trained, log)
@@ -136,7 +137,7 @@ def run_sweep(config, log=print):
 
 def run_configs(config):
     """[(batch size, ColorizationConfig of its run)], smallest batch first: the runs of the sweep, which
-    report.py trains in parallel processes (each as `colorization.train_or_reuse` of its config)."""
+    report.py trains in parallel processes (each as `reuse_or_train` of its config)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     # devices=1: 'auto' would take every GPU of the machine, i.e. DDP
     return [(b, colorization.ColorizationConfig(**{**settings_of(config), "batch_size": b, "devices": 1,

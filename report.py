@@ -19,6 +19,7 @@ comparison sentence generated from the numbers (reporting/claims.py), the figure
 RESULTS_DIR/report/ so that the report and its figures can be committed together.
 """
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -183,10 +184,13 @@ def plan(config):
     import colorization_sweep
     import segmentation
     from reporting.jobs import Job
+    from reporting.reuse import reuse_or_train
 
     seeds = [config.seed + i for i in range(config.seeds)]
     seg_seeds = [config.seed + i for i in range(config.seg_seeds)]
     jobs, meta = [], {}
+    colour_run = functools.partial(reuse_or_train, colorization.TASK, colorization.prepare, colorization.train)
+    seg_run = functools.partial(reuse_or_train, segmentation.TASK, segmentation.prepare, segmentation.train)
 
     def add(name, train, run_config, kind, key, seed, after=()):
         jobs.append(Job(name, train, run_config, tuple(after)))
@@ -194,20 +198,19 @@ def plan(config):
 
     for seed in seeds:
         for model in COLOUR_MODELS:
-            add(f"colorization {model} seed {seed}", colorization.train_or_reuse, colour_config(config, model, seed),
+            add(f"colorization {model} seed {seed}", colour_run, colour_config(config, model, seed),
                 "colour", model, seed)
-        add(f"colorization UNet --rebalance {REBALANCE:g} seed {seed}", colorization.train_or_reuse,
+        add(f"colorization UNet --rebalance {REBALANCE:g} seed {seed}", colour_run,
             colour_config(config, "UNet", seed, rebalance=REBALANCE), "rebalanced", "UNet", seed)
     first = f"segmentation {LOSSES[0]} seed {seg_seeds[0]}"
-    add(first, segmentation.train_or_reuse, seg_config(config, LOSSES[0], seg_seeds[0]), "seg", LOSSES[0],
-        seg_seeds[0])
+    add(first, seg_run, seg_config(config, LOSSES[0], seg_seeds[0]), "seg", LOSSES[0], seg_seeds[0])
     for b, run_config in colorization_sweep.run_configs(sweep_config(config)):
-        add(f"sweep {config.sweep_model} batch {b}", colorization.train_or_reuse, run_config, "sweep", b, config.seed)
+        add(f"sweep {config.sweep_model} batch {b}", colour_run, run_config, "sweep", b, config.seed)
     for seed in seg_seeds:
         for loss in LOSSES:
             name = f"segmentation {loss} seed {seed}"
             if name != first:
-                add(name, segmentation.train_or_reuse, seg_config(config, loss, seed), "seg", loss, seed, [first])
+                add(name, seg_run, seg_config(config, loss, seed), "seg", loss, seed, [first])
     return jobs, meta
 
 

@@ -28,7 +28,7 @@ from models.deeplabv3 import BACKBONES, WEIGHTS, build_deeplabv3
 from reporting import segmentation as results
 from training.callbacks import CustomScalars, Speed
 from training.config import RunConfig, entry_point, option, parse, positive_float, positive_int, settings
-from training.runs import check_resume_path, reuse_or_train, run_settings
+from training.runs import check_resume_path, run_settings
 from training.trainer import Prepared, run_task
 
 TASK = "segmentation"
@@ -183,13 +183,6 @@ class SegmentationModule(pl.LightningModule):
 
 # ----------------------------------------------------------------------------- prepare, train
 
-def feature_device(accelerator):
-    """Where the trunk runs over the images in `prepare`: this process's GPU when the run uses one."""
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def prepare(config):
     """The DataModule (data found, split), the module (frozen DeepLabV3 + new last layer), the trunk's
     features when they are cached, and the settings; the data is checked before the weights are read."""
@@ -210,7 +203,9 @@ def prepare(config):
     if cached:
         images = {s: data.images(s) for s in SPLIT_NAMES}
         precision = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}.get(config.precision)
-        device = feature_device(config.accelerator)
+        # the trunk runs over the images on this process's GPU when the run uses one
+        gpu = config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if gpu else torch.device("cpu")
         features, info = trunk_features(
             module.model.to(device).features, images, functools.partial(normalise, mean=data.mean, std=data.std),
             feature_identity(module.model.trunk_identity(), images, config.precision),
@@ -233,11 +228,6 @@ def train(config, prepared=None):
                     mode="max", callbacks=callbacks, test=True, headline=results.headline, metrics=results.metrics,
                     results=lambda run, history, test: results.write_results(module, data, served, config, run,
                                                                              history, test))
-
-
-def train_or_reuse(config, log=print):
-    """(summary, trained): a finished run with these settings, or one trained now (report)."""
-    return reuse_or_train(TASK, prepare, train, config, log)
 
 
 def parse_config(argv=None):

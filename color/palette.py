@@ -4,7 +4,7 @@ Each pixel's class is the index of its nearest palette colour. The shipped palet
 (`color_kmeans24_cat7.npy`, 24 colours) is the k-means of the CIFAR-10 training horses' pixels;
 `python -m data.palette_kmeans` regenerates it.
 
-Logits are turned back into colours (`decode`) in one of two ways:
+Logits are turned back into colours (reporting/decodings.py `decode`) in one of two ways:
 - `argmax`: the most likely palette colour (the homework's choice);
 - `annealed`: the annealed mean of Zhang, Isola and Efros, "Colorful Image Colorization" (ECCV 2016):
   with z = softmax(logits), f_T(z) = exp(log z / T) / sum exp(log z / T) = softmax(logits / T), and
@@ -21,7 +21,6 @@ from errors import DataError
 
 DEFAULT_PALETTE_PATH = Path(__file__).with_name("color_kmeans24_cat7.npy")
 REGENERATE_HINT = "regenerate it with `python -m data.palette_kmeans` (see color/README.md)"
-DECODINGS = ("argmax", "annealed")
 DEFAULT_TEMPERATURE = 0.38  # Zhang et al.'s
 
 
@@ -118,13 +117,3 @@ def annealed_probabilities(logits, temperature=DEFAULT_TEMPERATURE):
     if not temperature > 0:
         raise ValueError(f"temperature must be greater than 0, got {temperature}")
     return torch.softmax(logits.float() / temperature, dim=1)
-
-
-def decode(logits, palette, method="argmax", temperature=DEFAULT_TEMPERATURE):
-    """(N, K, H, W) logits -> (N, 3, H, W) RGB in [0, 1] with the palette's (K, 3) colours."""
-    palette = palette.to(logits.device, torch.float32)
-    if method == "argmax":
-        return palette_to_rgb(logits.argmax(dim=1), palette)
-    if method == "annealed":
-        return torch.einsum("nkhw,kc->nchw", annealed_probabilities(logits, temperature), palette)
-    raise ValueError(f"unknown decoding {method!r}; choose one of {', '.join(DECODINGS)}")

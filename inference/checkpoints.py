@@ -8,7 +8,8 @@ results/). Every file is read by training/runs.py, weights_only.
 from pathlib import Path
 
 from errors import UsageError, UserError
-from training.runs import WEIGHTS, finished_runs, load_checkpoint
+from reporting.reuse import finished_runs
+from training.runs import WEIGHTS, load_checkpoint
 
 
 def load_module(module_class, path, task):

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from color.palette import DECODINGS, DEFAULT_TEMPERATURE, check_palette, decode
+from color.palette import DEFAULT_TEMPERATURE, check_palette
 from errors import UsageError, UserError
 from files import atomic_write_json
 from inference.checkpoints import find_checkpoint
@@ -20,6 +20,7 @@ from inference.cli import PredictConfig, for_each_image, pick_device, raise_if_f
 from inference.images import crop_to, load_image, pad_to_multiple
 from inference.outputs import FIGURE_MAX_ROWS, output_folder, save_png, save_side_by_side, thumbnail, to_uint8
 from models.registry import MODELS, build_model
+from reporting.decodings import DECODINGS, decode
 from training.config import option, parse, positive_float, run_main
 from training.runs import load_checkpoint
 
@@ -45,8 +46,11 @@ class ColorizePredictConfig(PredictConfig):
 
 def load_colorizer(path, model_name=None):
     """(model in eval mode, palette (K, 3), hyper-parameters) of a colourisation checkpoint or model.pt."""
-    checkpoint = load_checkpoint(path, TASK, model_name)
+    checkpoint = load_checkpoint(path, TASK)
     hp = checkpoint["hyper_parameters"]
+    if model_name is not None and hp.get("model") != model_name:
+        raise UserError(f"--checkpoint {path}: a checkpoint of {hp.get('model')}, not of {model_name}; run "
+                        f"`python colorization.py {hp.get('model')} ...` or give a {model_name} checkpoint")
     try:
         palette = check_palette(hp["palette"], f"stored in {path}")
         model = build_model(hp["model"], kernel=hp["kernel"], num_in_channels=1, num_filters=hp["num_filters"],

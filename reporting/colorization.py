@@ -127,8 +127,7 @@ def swatches(ax, colours, order, axis="x", offset=0.02, size=0.055):
     getattr(ax, f"set_{axis}ticklabels")([str(q) for q in order], fontsize=6)
     ax.tick_params(axis=axis, pad=14)
     x = axis == "x"
-    t = blended_transform_factory(ax.transData, ax.transAxes) if x else blended_transform_factory(ax.transAxes,
-                                                                                                   ax.transData)
+    t = blended_transform_factory(*((ax.transData, ax.transAxes) if x else (ax.transAxes, ax.transData)))
     for i, q in enumerate(order):
         corner, width, height = (((i - 0.42, -offset - size), 0.84, size) if x
                                  else ((-offset - size, i - 0.42), size, 0.84))

@@ -6,14 +6,14 @@ fresh interpreter, no state forked from this one) with `threads` torch threads, 
 goes to its own log file, LOG_DIR/<job name>.log, so nothing interleaves (once the run is trained, the file
 moves into the run's logs folder as console.log); this process prints one line when a run starts and one
 when it ends. The run folders are the same either way: the worker calls the
-same `train_or_reuse(config)` as the serial path.
+same `reuse_or_train` (reporting/reuse.py) of its config as the serial path.
 
 A job that fails does not stop the others: the rest train (those that wait for it are skipped), and at the
 end `JobsFailed` names every failed run with its error and log file. The finished runs are saved
 as usual, so the next invocation reuses them and trains only what failed.
 
 Why a process pool of functions and not subprocesses of the CLIs: the worker returns the run's summary
-and whether it trained (to count and tabulate), exactly what `train_or_reuse` returns in the serial
+and whether it trained (to count and tabulate), exactly what `reuse_or_train` returns in the serial
 path, with no `--config` files to write and no output to parse.
 """
 import concurrent.futures

@@ -9,7 +9,7 @@ never imports the task scripts.
 """
 import torch
 
-from color.palette import decode
+from reporting.decodings import decode
 
 EDGE_SHARE = 0.2  # the 20 % of validation pixels with the strongest grey gradient are "edge"
 FLAT_SHARE = 0.5  # the 50 % with the weakest are "flat"

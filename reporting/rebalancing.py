@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from color.palette import decode  # noqa: E402
 from files import atomic_save_figure  # noqa: E402
 from reporting import claims  # noqa: E402
 from reporting.colorization import swatches  # noqa: E402
+from reporting.decodings import decode  # noqa: E402
 from reporting.figures import save_image_rows  # noqa: E402
 from reporting.markdown import table  # noqa: E402
 

@@ -1,5 +1,5 @@
 """The palette (color/palette.py): loading, nearest-colour classes, decoding logits (argmax and the annealed
-mean); and its regeneration by k-means (data/palette_kmeans.py)."""
+mean, reporting/decodings.py); and its regeneration by k-means (data/palette_kmeans.py)."""
 
 import hashlib
 import warnings
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import color.palette as palette_module
-from color.palette import (DEFAULT_PALETTE_PATH, annealed_probabilities, decode, load_palette, nearest_colour,
-                           palette_to_rgb)
+from color.palette import DEFAULT_PALETTE_PATH, annealed_probabilities, load_palette, nearest_colour, palette_to_rgb
 from data.palette_kmeans import fit_palette, horse_pixels
 from data.palette_kmeans import main as kmeans_main
 from errors import DataError
+from reporting.decodings import decode
 from tests.fixtures.cifar import write_batch, write_cifar_folder
 
 CENTRES = np.linspace(0.0, 1.0, 3 * 6).reshape(6, 3)

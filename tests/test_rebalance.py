@@ -7,15 +7,20 @@ import pytest
 import torch
 
 import colorization
-from color.rebalance import (class_weights_from_targets, palette_distribution, rebalance_weights, smooth_distribution,
-                             smoothing_sigma)
+from color.rebalance import (
+    class_weights_from_targets,
+    palette_distribution,
+    rebalance_weights,
+    smooth_distribution,
+    smoothing_sigma,
+)
 from data.cifar import CIFARHorses
 from losses import make_loss
 from losses.cross_entropy import RebalancedCrossEntropy
+from reporting.reuse import finished_runs
 from tests.clirun import error_lines, run_main, summary
 from tests.fixtures.cifar import write_cifar_folder
 from tests.tb import read_scalars
-from training.runs import finished_runs
 
 P = torch.tensor([0.55, 0.25, 0.12, 0.05, 0.03], dtype=torch.float64)
 

@@ -2,8 +2,10 @@
 the parallel runner (tiny runs), and `report.py --quick` end to end on the small fixtures."""
 import copy
 import dataclasses
+import functools
 import json
 import math
+import pickle
 import re
 import statistics
 import subprocess
@@ -22,12 +24,14 @@ from reporting.document import SECTIONS, render
 from reporting.jobs import Job, JobsFailed, run_jobs
 from reporting.markdown import parse_tables, table
 from reporting.measures import edge_masks, region_errors, sobel_magnitude
+from reporting.reuse import reuse_or_train
 from tests import reportctx
 from tests.conftest import REPO
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
 
 slow = pytest.mark.slow
+TRAIN_COLOUR = functools.partial(reuse_or_train, colorization.TASK, colorization.prepare, colorization.train)
 
 
 def sections(text):
@@ -370,6 +374,10 @@ def test_plan_lists_every_run_once_with_its_seed(tmp_path):
     assert [j.after for j in seg] == [()] + [(seg[0].name,)] * 5  # the first fills the feature store
     assert all(j.config.progress_bar is False for j in jobs)  # jobs=2: console output goes to log files
     assert {j.config.rebalance for j in jobs if meta[j.name]["kind"] == "rebalanced"} == {0.5}
+    for job in (colour[0], seg[0]):  # a worker gets the job by pickle: reuse_or_train of the job's task file
+        train = pickle.loads(pickle.dumps(job.train))
+        task = "colorization" if job in colour else "segmentation"
+        assert (train.func, train.args[0], train.args[1].__module__) == (reuse_or_train, task, task)
 
 
 def test_markdown_tables_round_trip_with_pipes():
@@ -444,7 +452,7 @@ def test_two_jobs_give_the_results_of_one(cifar, tmp_path):
     out = {}
     for workers in (1, 2):
         folder = tmp_path / f"jobs{workers}"
-        jobs = [Job(m, colorization.train_or_reuse, tiny(cifar, folder, m)) for m in ("UNet", "PoolUpsampleNet")]
+        jobs = [Job(m, TRAIN_COLOUR, tiny(cifar, folder, m)) for m in ("UNet", "PoolUpsampleNet")]
         out[workers] = (run_jobs(jobs, workers, threads if workers > 1 else None, folder / "logs" / "report",
                                  log=lambda line: None), folder)
     (one, folder1), (two, folder2) = out[1], out[2]
@@ -466,10 +474,10 @@ def test_two_jobs_give_the_results_of_one(cifar, tmp_path):
 @slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failing_run_is_named_and_the_others_are_kept(cifar, tmp_path, workers):
-    jobs = [Job("broken UNet", colorization.train_or_reuse, tiny(cifar, tmp_path, "UNet", data_dir=str(tmp_path / "x"),
-                                                                   num_workers=0)),
-            Job("good PoolUpsampleNet", colorization.train_or_reuse, tiny(cifar, tmp_path, "PoolUpsampleNet")),
-            Job("waits for the broken one", colorization.train_or_reuse, tiny(cifar, tmp_path, "ConvTransposeNet"),
+    jobs = [Job("broken UNet", TRAIN_COLOUR,
+                tiny(cifar, tmp_path, "UNet", data_dir=str(tmp_path / "x"), num_workers=0)),
+            Job("good PoolUpsampleNet", TRAIN_COLOUR, tiny(cifar, tmp_path, "PoolUpsampleNet")),
+            Job("waits for the broken one", TRAIN_COLOUR, tiny(cifar, tmp_path, "ConvTransposeNet"),
                 after=("broken UNet",))]
     with pytest.raises(JobsFailed) as caught:
         run_jobs(jobs, workers, 1, tmp_path / "logs" / "report", log=lambda line: None)

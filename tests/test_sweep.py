@@ -8,9 +8,10 @@ from PIL import Image
 
 import colorization
 from colorization_sweep import CSV_COLUMNS, SweepConfig, csv_row, run_configs, sweep_folder, write_csv
+from reporting.reuse import finished_runs
 from tests.clirun import error_lines, run_main
 from tests.fixtures.cifar import write_cifar_folder
-from training.runs import differences, finished_runs
+from training.runs import differences
 
 
 def valid_png(path):

@@ -165,12 +165,12 @@ def compile_problem(device):
 
 
 class Speed(Callback):
-    """At setup: channels-last for the module and torch.compile of its `compiled` submodule (in place, so
+    """At setup: channels-last for the module and torch.compile of its `model` submodule (in place, so
     state-dict keys stay those of the eager net); None means the device type's FASTEST. Where compiling
     cannot work, one warning and eager training. `applied` says what was done."""
 
-    def __init__(self, compile=None, channels_last=None, compiled="model"):
-        self.compile, self.channels_last, self.compiled = compile, channels_last, compiled
+    def __init__(self, compile=None, channels_last=None):
+        self.compile, self.channels_last = compile, channels_last
         self.applied = {"compile": False, "channels_last": False}
 
     def setup(self, trainer, pl_module, stage):
@@ -180,7 +180,7 @@ class Speed(Callback):
             pl_module.to(memory_format=torch.channels_last)
             self.applied["channels_last"] = True
         want = fastest["compile"] if self.compile is None else self.compile
-        target = getattr(pl_module, self.compiled, None) if want else None
+        target = getattr(pl_module, "model", None) if want else None
         if target is None or self.applied["compile"]:
             return
         problem = compile_problem(device)

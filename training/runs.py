@@ -1,4 +1,4 @@
-"""Runs: their folders, settings and checkpoints, and finding an earlier run to reuse or resume.
+"""Runs: their folders, settings and checkpoints, and finding an earlier run to resume (to reuse: reporting/reuse.py).
 
 Folders: `LOGS/<task>/<run>/` (TensorBoard events, checkpoints/) and `RESULTS/<task>/<run>/` (config.json,
 summary.json, machine.json, figures, model.pt: the best weights alone); a new run never reuses one.
@@ -106,8 +106,8 @@ def read_checkpoint(path, flag="--checkpoint"):
     return checkpoint
 
 
-def load_checkpoint(path, task, model=None, flag="--checkpoint"):
-    """The checkpoint dict at `path`, refused in one line unless it is of `task` (and, for colorization, `model`)."""
+def load_checkpoint(path, task, flag="--checkpoint"):
+    """The checkpoint dict at `path`, refused in one line unless it is of `task`."""
     checkpoint = read_checkpoint(path, flag)
     found, hparams = (checkpoint.get(STAMP) or {}).get("task"), checkpoint["hyper_parameters"]
     if found not in TASKS:
@@ -116,9 +116,6 @@ def load_checkpoint(path, task, model=None, flag="--checkpoint"):
         other = f" ({hparams.get('model')})" if found == "colorization" else ""
         raise UserError(f"{flag} {path}: a {found} checkpoint{other}, but this is {task}.py; use it with "
                         f"`{found}.py {flag} {path}`, or give a checkpoint from LOGS_DIR/{task}/<run>/checkpoints/")
-    if model is not None and hparams.get("model") != model:
-        raise UserError(f"{flag} {path}: a checkpoint of {hparams.get('model')}, not of {model}; run "
-                        f"`python colorization.py {hparams.get('model')} ...` or give a {model} checkpoint")
     return checkpoint
 
 
@@ -227,30 +224,3 @@ def find_resume(task, spec, logs_root, settings):
     others = f"; refused: {' | '.join(refused[:3])}" if refused else ""
     raise UserError(f"--resume last: no checkpoint of a {task} run with these settings in {root}{others}; "
                     f"give the flags of the run to resume, or --resume PATH, or start without --resume")
-
-
-# ----------------------------------------------------------------------------- finished runs
-
-def finished_runs(results_dir, task, wanted, partial=False):
-    """[(results folder, summary)] of the finished runs (with a summary.json) of `task` with settings `wanted`,
-    newest first."""
-    found = []
-    for path in (Path(results_dir) / task).glob("*/summary.json"):
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # a damaged or foreign file is not a finished run
-        if isinstance(summary, dict) and not differences(summary.get("settings"), wanted, partial=partial):
-            found.append((path.stat().st_mtime_ns, path.parent.name, path.parent, summary))
-    found.sort(key=lambda r: (r[0], r[1]), reverse=True)
-    return [(folder, summary) for _, _, folder, summary in found]
-
-
-def reuse_or_train(task, prepare, train, config, log=print):
-    """(summary, trained): the newest finished run with the settings of `prepare(config)`, or one trained now."""
-    prepared = prepare(config)
-    found = finished_runs(config.results_dir, task, prepared.settings)
-    if found:
-        log(f"reusing finished run {found[0][0]}")
-        return found[0][1], False
-    return train(config, prepared), True
