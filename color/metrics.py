@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from skimage.color import deltaE_ciede2000, rgb2lab
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from color.palette import DEFAULT_TEMPERATURE, annealed_probabilities, palette_to_rgb
@@ -35,14 +36,20 @@ def colourfulness(rgb):
     return spread + 0.3 * centre
 
 
-def palette_colourfulness(counts, palette):
-    """`colourfulness` of images made of palette colours, from their colour counts (N, Q) -> (N,) float64:
-    the means and variances of rg and yb are count-weighted sums over the Q colours."""
-    c = torch.as_tensor(palette, dtype=torch.float64, device=counts.device) * 255.0
+def colour_moments(palette):
+    """(Q, 4) float64: rg, yb, rg^2, yb^2 of each palette colour on 0..255, what `palette_colourfulness` weighs."""
+    c = torch.as_tensor(palette, dtype=torch.float64) * 255.0
     rg, yb = c[:, 0] - c[:, 1], 0.5 * (c[:, 0] + c[:, 1]) - c[:, 2]
-    w = counts.double() / counts.sum(dim=1, keepdim=True)
-    means, squares = w @ torch.stack([rg, yb], 1), w @ torch.stack([rg ** 2, yb ** 2], 1)
-    spread = (squares - means ** 2).clamp(min=0).sum(dim=1).sqrt()
+    return torch.stack([rg, yb, rg ** 2, yb ** 2], 1)
+
+
+def palette_colourfulness(counts, moments):
+    """`colourfulness` of images made of palette colours, from their colour counts (N, Q) -> (N,) float64:
+    the means and variances of rg and yb are count-weighted sums of the `colour_moments` of the Q colours."""
+    w = counts.double()
+    m = (w @ moments.to(w.device)) / w.sum(dim=1, keepdim=True)
+    means = m[:, :2]
+    spread = (m[:, 2:] - means ** 2).clamp(min=0).sum(dim=1).sqrt()
     return spread + 0.3 * means.pow(2).sum(dim=1).sqrt()
 
 
@@ -53,12 +60,15 @@ def ciede2000(rgb, truth):
 
 
 def per_colour(confusion):
-    """{"target_share", "pred_share", "recall"} lists (one entry per colour) from a (Q, Q) confusion matrix."""
-    c = confusion.double()
-    total = c.sum()
-    rows, cols = c.sum(dim=1), c.sum(dim=0)
-    recall = [float(c[q, q] / rows[q]) if rows[q] > 0 else None for q in range(len(c))]
-    return {"target_share": (rows / total).tolist(), "pred_share": (cols / total).tolist(), "recall": recall}
+    """{"target_share", "pred_share", "recall"} lists (one entry per colour) from a (Q, Q) confusion matrix
+    (a tensor or nested lists).
+    In Python numbers: each torch call lets another thread take the GIL (TensorBoard's writer at epoch end),
+    and a few such calls cost up to 20 ms where these 24 x 24 sums cost 0.1 ms."""
+    c = confusion.tolist() if isinstance(confusion, torch.Tensor) else confusion
+    rows, cols = [sum(r) for r in c], [sum(k) for k in zip(*c)]
+    total = sum(rows)
+    return {"target_share": [r / total for r in rows], "pred_share": [k / total for k in cols],
+            "recall": [c[q][q] / rows[q] if rows[q] > 0 else None for q in range(len(c))]}
 
 
 def reference(rgb, target, palette):
@@ -76,39 +86,42 @@ class ColourQuality(Metric):
     def __init__(self, palette, reference, temperature=DEFAULT_TEMPERATURE, **kwargs):
         super().__init__(**kwargs)
         self.register_buffer("palette", torch.as_tensor(palette, dtype=torch.float32), persistent=False)
+        self.register_buffer("moments", colour_moments(palette), persistent=False)
         self.reference, self.temperature = dict(reference), temperature
         q = len(self.palette)
         self.add_state("confusion", torch.zeros(q, q, dtype=torch.long), dist_reduce_fx="sum")
-        # colourfulness and absolute RGB error sums, per decoding; then PSNR, SSIM, CIEDE2000 (full only)
+        # each image's count of every palette colour under the argmax (an (N, Q) tensor per update): the argmax
+        # images' colourfulness follows from it, computed once per epoch in compute
+        self.add_state("colour_counts", [], dist_reduce_fx="cat")
+        # per decoding: colourfulness (annealed only), absolute RGB error, PSNR, SSIM, CIEDE2000 (full only)
         self.add_state("sums", torch.zeros(2 + len(PAPER), len(DECODED), dtype=torch.float64), dist_reduce_fx="sum")
-        # images and RGB values seen, for each decoding
-        self.add_state("counts", torch.zeros(2, len(DECODED), dtype=torch.long), dist_reduce_fx="sum")
+        # images and RGB values that the full updates saw (the argmax counts follow from the confusion matrix)
+        self.add_state("full_counts", torch.zeros(2, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, logits, target, rgb, pred=None, full=False):
         """logits (N, Q, H, W), target palette ids (N, H, W), true rgb (N, 3, H, W) in [0, 1]; `pred` the
         argmax of the logits when the caller has it already."""
         q, n = len(self.palette), len(target)
         pred = logits.detach().max(dim=1).indices if pred is None else pred  # = argmax(dim=1), 3x faster on CPU
-        # One bincount over (image, target, prediction): the confusion matrix, and each image's count of
-        # every palette colour, from which an argmax image's colourfulness follows (it holds palette colours only).
-        code = (torch.arange(n, device=pred.device).view(n, 1, 1) * q + target) * q + pred
-        joint = torch.bincount(code.flatten(), minlength=n * q * q).view(n, q, q)
+        # One bincount over (image, target, prediction): the confusion matrix, and each image's colour counts.
+        # code = (image * q + target) * q + pred, in two passes over the pixels (add's alpha fuses the multiply)
+        offsets = torch.arange(0, n * q * q, q * q, device=pred.device).view(n, 1, 1)
+        code = torch.add(pred, target, alpha=q).add_(offsets)
+        joint = torch.bincount(code.view(-1), minlength=n * q * q).view(n, q, q)
         self.confusion += joint.sum(0)
-        counts = joint.sum(1)
-        hwc = rgb.float().permute(0, 2, 3, 1)
+        self.colour_counts.append(joint.sum(1))
+        hwc = rgb.float().permute(0, 2, 3, 1)  # contiguous when rgb is channels-last (data/cifar.py)
         argmax = F.embedding(pred, self.palette)  # (N, H, W, 3): a gather, 3x faster than indexing here
         # A batch's error sum in float32 (torch sums in cascades: relative error ~1e-7), 10x faster than a
         # float64 reduction on a CPU; the epoch's sum of batches is float64.
-        self.sums[:2, 0] += torch.stack([palette_colourfulness(counts, self.palette).sum(),
-                                         (argmax - hwc).abs().sum().double()])
-        self.counts[:, 0] += torch.tensor([n, rgb.numel()], device=self.counts.device)
+        self.sums[1, 0] += (argmax - hwc).abs_().sum()
         if not full:
             return
         probabilities = annealed_probabilities(logits.detach(), self.temperature)
         annealed = torch.einsum("nkhw,kc->nhwc", probabilities, self.palette)
         self.sums[:2, 1] += torch.stack([colourfulness(annealed.permute(0, 3, 1, 2)).sum(),
                                          (annealed - hwc).abs().sum(dtype=torch.float64)])
-        self.counts[:, 1] += torch.tensor([n, rgb.numel()], device=self.counts.device)
+        self.full_counts += torch.tensor([n, rgb.numel()], device=self.full_counts.device)
         truth = rgb.float()
         for j, x in enumerate((argmax, annealed)):
             x = x.permute(0, 3, 1, 2).clamp(0, 1)
@@ -119,37 +132,43 @@ class ColourQuality(Metric):
             self.sums[4, j] += ciede2000(x, truth).sum().to(self.sums)
 
     def compute(self):
-        sums, (images, values) = self.sums.cpu(), self.counts.cpu()
-        confusion = self.confusion.cpu()
+        # as Python numbers at once: indexing tensors element by element cost more than the rest of compute
+        sums, (full_images, full_values), table = self.sums.tolist(), self.full_counts.tolist(), self.confusion.tolist()
+        counts = dim_zero_cat(self.colour_counts) if len(self.colour_counts) else None
+        if counts is not None:
+            sums[0][0] = palette_colourfulness(counts, self.moments).sum().item()
+        pixels = sum(map(sum, table))
+        images, values = [0 if counts is None else len(counts), full_images], [3 * pixels, full_values]
         ref = self.reference
         true = ref["cf_true"] / ref["images"]
 
         def mean(row, j, count):
-            return float(sums[row, j]) / int(count[j]) if int(count[j]) else None
+            return sums[row][j] / count[j] if count[j] else None
 
         argmax = mean(0, 0, images)
-        recalls = [r for r in per_colour(confusion)["recall"] if r is not None]
+        colours = per_colour(table)
+        recalls = [r for r in colours["recall"] if r is not None]
         out = {
-            "images": int(images[0]),
+            "images": images[0],
             "colourfulness_pred": argmax,  # argmax decoding
             "colourfulness_pred_annealed": mean(0, 1, images),
             "colourfulness_true": true,  # the real RGB images
             "colourfulness_target": ref["cf_target"] / ref["images"],  # the true images in palette colours
             "colourfulness_ratio": argmax / true if argmax is not None and true > 0 else None,
-            "mae_rgb_argmax": 255.0 * mean(1, 0, values) if int(values[0]) else None,
-            "mae_rgb_annealed": 255.0 * mean(1, 1, values) if int(values[1]) else None,
-            "accuracy": float(confusion.diag().sum() / confusion.sum()),
+            "mae_rgb_argmax": 255.0 * mean(1, 0, values) if values[0] else None,
+            "mae_rgb_annealed": 255.0 * mean(1, 1, values) if values[1] else None,
+            "accuracy": sum(table[q][q] for q in range(len(table))) / pixels if pixels else None,
             "mean_recall": sum(recalls) / len(recalls) if recalls else None,
             "temperature": self.temperature,
         }
         # full updates only: the annealed column counts exactly those (it is decoded in no other)
-        full = {"images": images[1].repeat(2), "pixels": (values[1] // 3).repeat(2)}
+        full = {"images": [images[1]] * 2, "pixels": [values[1] // 3] * 2}
         for i, metric in enumerate(PAPER):
             for j, name in enumerate(DECODED):
                 out[f"{metric}_{name}"] = mean(2 + i, j, full["pixels" if metric == "ciede2000" else "images"])
         # the two big entries stay tensors: torchmetrics walks every element of what compute returns
         # (a 24 x 24 nested list cost 10 ms per epoch); `plain` turns them into lists
-        return {**out, "palette": self.palette.clone(), **per_colour(confusion), "confusion_matrix": confusion}
+        return {**out, "palette": self.palette.clone(), **colours, "confusion_matrix": self.confusion.cpu()}
 
 
 def plain(quality):

@@ -285,8 +285,10 @@ def test_two_processes_states_reduced_as_ddp_does_equal_one_metric_over_all_imag
     everything.update(logits, target, rgb, full=True)
     rank1 = quality_of(target, rgb)
     rank1.update(logits[4:], target[4:], rgb[4:], full=True)
-    other = {tuple(t.shape): t for t in (rank1.confusion, rank1.sums, rank1.counts)}
-    assert len(other) == 3  # the three states tell apart by shape
+    # keyed by the shape of rank 0's state; a list state is gathered as one tensor, its items concatenated
+    other = {tuple(t.shape): t for t in (rank1.confusion, rank1.sums, rank1.full_counts)}
+    other[(4, len(PALETTE))] = torch.cat(rank1.colour_counts)  # rank 0 has 4 images, rank 1 two
+    assert len(other) == 4  # the four states tell apart by shape
     gathered = []
 
     def all_gather(tensor, group=None):

@@ -114,12 +114,14 @@ def enlarge(image, factor):
 
 class ValidationGrid(Callback):
     """Logs `rows_fn(pl_module, n)` ([(label, (n, C, H, W) images in [0, 1])]) as one grid, a row per entry,
-    under `tag` after every validation epoch (rank 0, not in the sanity check), enlarged `scale` times."""
+    under `tag` after every validation epoch (rank 0, not in the sanity check), enlarged `scale` times.
+    At validation end, after the module's epoch-end metrics: TensorBoard's writer thread checksums the PNG in
+    pure Python (0.25 ms per KB), and holding the GIL it would otherwise stall the colour-quality compute."""
 
     def __init__(self, rows_fn, tag, n, scale=1):
         self.rows_fn, self.tag, self.n, self.scale = rows_fn, tag, n, scale
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not trainer.is_global_zero or trainer.logger is None:
             return
         rows = self.rows_fn(pl_module, self.n)
