@@ -1,7 +1,7 @@
 """One command that answers the homework's questions with numbers it measures: `results/REPORT.md`.
 
     python report.py            # the whole report; its header states how long this invocation took
-                                # (from scratch on this project's 2-core CPU machine: 13.0 min)
+                                # (from scratch on this project's 2-core Intel Xeon CPU machine: 19.3 min)
     python report.py --quick    # a smoke run: 1 epoch per run, into $XDG_CACHE_HOME/image2image/report-quick/
 
 It trains what is missing and reuses runs already finished with the same settings
