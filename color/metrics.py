@@ -110,7 +110,7 @@ class ColourQuality(Metric):
         joint = torch.bincount(code.view(-1), minlength=n * q * q).view(n, q, q)
         self.confusion += joint.sum(0)
         self.colour_counts.append(joint.sum(1))
-        hwc = rgb.float().permute(0, 2, 3, 1)  # contiguous when rgb is channels-last (data/cifar.py)
+        hwc = rgb.float().permute(0, 2, 3, 1)
         argmax = F.embedding(pred, self.palette)  # (N, H, W, 3): a gather, 3x faster than indexing here
         # A batch's error sum in float32 (torch sums in cascades: relative error ~1e-7), 10x faster than a
         # float64 reduction on a CPU; the epoch's sum of batches is float64.

@@ -59,7 +59,7 @@ class FineTunedDeepLabV3(nn.Module):
         self.mean, self.std = tuple(float(m) for m in transform.mean), tuple(float(s) for s in transform.std)
         self.output_stride = OUTPUT_STRIDE[backbone_name]
         self._identity = None
-        # The frozen convolutions run 1.26-1.35x faster channels-last on a CPU (benchmarks/trunk_layout.py);
+        # The frozen convolutions run 1.26x faster channels-last on a 2-core CPU (benchmarks/trunk_layout.py);
         # the same features to float32 rounding. The trainable layer and the state-dict keys are unchanged.
         for module in self._frozen_modules():
             module.to(memory_format=torch.channels_last)
