@@ -192,7 +192,9 @@ class CIFARHorses(pl.LightningDataModule):
                           f"release (md5); using them anyway", UserWarning, stacklevel=2)
         train_grey, train_target, _ = horses(folder, TRAIN_BATCHES, self.palette)
         self.train_set = TensorBatches(train_grey, train_target)
-        self.val_set = TensorBatches(*horses(folder, TEST_BATCHES, self.palette))
+        grey, target, rgb = horses(folder, TEST_BATCHES, self.palette)
+        # rgb channels-last: the colour-quality update compares it pixel by pixel with palette colours (N, H, W, 3)
+        self.val_set = TensorBatches(grey, target, rgb.contiguous(memory_format=torch.channels_last))
         self.source = {"folder": str(folder), "official_md5": not mismatched, "md5_mismatches": mismatched,
                        "train": len(train_grey), "val": len(self.val_set), "palette": self.palette_source,
                        "num_colours": self.num_colours, "checksum": self.data_checksum()}

@@ -228,6 +228,9 @@ def test_split_sizes_and_exact_values(module, tmp_path):
     rgb = module.val_set.tensors[2]
     val_u8 = _fixture_horses(folder, ["test_batch"])
     assert rgb.dtype == torch.float32 and torch.equal(rgb, torch.from_numpy(val_u8) / 255.0)
+    # stored channels-last (the colour-quality update reads it as (N, H, W, 3)), and a batch gathered from it too
+    assert rgb.is_contiguous(memory_format=torch.channels_last)
+    assert next(iter(module.val_dataloader()))[2].is_contiguous(memory_format=torch.channels_last)
     assert module.source["train"] == train_n and module.source["val"] == val_n
 
 

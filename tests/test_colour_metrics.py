@@ -276,6 +276,15 @@ def test_accumulating_in_several_batches_equals_one_batch():
     _same(a, b)
 
 
+def test_channels_last_rgb_gives_the_same_values_as_nchw():
+    """data/cifar.py stores the validation RGB channels-last; every value must be what NCHW gives."""
+    logits, target, rgb = _random_batch()
+    nchw, last = quality_of(target, rgb), quality_of(target, rgb)
+    nchw.update(logits, target, rgb, full=True)
+    last.update(logits, target, rgb.contiguous(memory_format=torch.channels_last), full=True)
+    _same(plain(nchw.compute()), plain(last.compute()))
+
+
 def test_two_processes_states_reduced_as_ddp_does_equal_one_metric_over_all_images():
     """Rank 0's metric computed as under DDP: torchmetrics syncs it before `compute` through the gather it is
     given, here one that hands it rank 1's states too (what all_gather returns); its reductions then give
