@@ -22,7 +22,8 @@ from color.palette import DEFAULT_TEMPERATURE, load_palette
 from color.rebalance import class_weights_from_targets
 from data.cifar import CIFARHorses
 from errors import UsageError
-from losses import make_loss
+from losses.cross_entropy import CrossEntropy
+from losses.rebalanced import RebalancedCrossEntropy
 from models.registry import MODELS, build_model
 from reporting import colorization as results
 from training.callbacks import CustomScalars, Speed
@@ -86,7 +87,7 @@ class ColorizationModule(pl.LightningModule):
         colours = len(palette)
         self.model = build_model(model, kernel=kernel, num_in_channels=1, num_filters=num_filters, num_colours=colours)
         self.rebalanced = rebalance is not None
-        self.criterion = make_loss("rebalanced_ce", num_classes=colours) if self.rebalanced else make_loss("ce")
+        self.criterion = RebalancedCrossEntropy(colours) if self.rebalanced else CrossEntropy()
         # validate_args=False: the targets are palette indices by construction; the checks cost more than the metric
         self.acc = torch.nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(colours, average="micro", validate_args=False)
                                         for s in ("train", "val")})

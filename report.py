@@ -28,12 +28,12 @@ from pathlib import Path
 
 from color.palette import DEFAULT_TEMPERATURE
 from errors import UsageError
+from losses.registry import LOSSES as SEG_LOSSES
 from training.config import Config, option, parse, positive_float, positive_int, run_main
 
 REPO = Path(__file__).resolve().parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 COLOUR_MODELS = ("PoolUpsampleNet", "ConvTransposeNet", "UNet")
-LOSSES = ("ce", "iou")
 REBALANCE = 0.5  # Zhang et al.'s lambda
 # --jobs default, measured on this project's 2-core AMD EPYC machine (shared: load average 6-7 from other
 # processes), two UNet runs of 3 epochs on ../shared/data/cifar10-horses, compiled as by default: one 2-thread
@@ -204,12 +204,13 @@ def plan(config):
                 "colour", model, seed)
         add(f"colorization UNet --rebalance {REBALANCE:g} seed {seed}", colour_run,
             colour_config(config, "UNet", seed, rebalance=REBALANCE), "rebalanced", "UNet", seed)
-    first = f"segmentation {LOSSES[0]} seed {seg_seeds[0]}"
-    add(first, seg_run, seg_config(config, LOSSES[0], seg_seeds[0]), "seg", LOSSES[0], seg_seeds[0])
+    first_loss = next(iter(SEG_LOSSES))
+    first = f"segmentation {first_loss} seed {seg_seeds[0]}"
+    add(first, seg_run, seg_config(config, first_loss, seg_seeds[0]), "seg", first_loss, seg_seeds[0])
     for b, run_config in colorization_sweep.run_configs(sweep_config(config)):
         add(f"sweep {config.sweep_model} batch {b}", colour_run, run_config, "sweep", b, config.seed)
     for seed in seg_seeds:
-        for loss in LOSSES:
+        for loss in SEG_LOSSES:
             name = f"segmentation {loss} seed {seed}"
             if name != first:
                 add(name, seg_run, seg_config(config, loss, seed), "seg", loss, seed, [first])

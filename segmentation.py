@@ -19,11 +19,11 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import MeanMetric, Metric
 
-from data.batching import TensorBatches, TensorDataModule
-from data.features import FeatureStore, default_store_dir, feature_identity, trunk_features
+from data.batching import TensorBatches
+from data.features import FeatureStore, TensorDataModule, default_store_dir, feature_identity, trunk_features
 from data.oxford17 import IGNORE_INDEX, SPLIT_NAMES, UNLABELLED_CHOICES, Oxford17, normalise
 from errors import UsageError, UserError
-from losses import make_loss
+from losses.registry import LOSSES, make_loss
 from models.deeplabv3 import BACKBONES, WEIGHTS, build_deeplabv3
 from reporting import segmentation as results
 from training.callbacks import CustomScalars, Speed
@@ -32,7 +32,6 @@ from training.runs import check_resume_path, run_settings
 from training.trainer import Prepared, run_task
 
 TASK = "segmentation"
-LOSSES = ("ce", "iou")
 MIN_IMAGE_SIZE = 32  # below this the backbone's feature map is smaller than the ASPP's kernels
 COMMANDS = {"--predict": "inference.segment:main", "--export": "inference.export:segmentation_main"}
 
@@ -48,7 +47,7 @@ def image_size(text):
 
 @dataclass(frozen=True)
 class SegmentationConfig(RunConfig):
-    loss: str | None = option(None, "ce: cross-entropy; iou: the soft IoU loss", choices=LOSSES, group="model",
+    loss: str | None = option(None, "ce: cross-entropy; iou: the soft IoU loss", choices=tuple(LOSSES), group="model",
                               shown="none, give one")
     backbone: str = option("resnet101", "DeepLabV3 backbone", choices=tuple(BACKBONES), group="model")
     weights: str = option("coco", "coco: torchvision's COCO-trained weights (downloaded once to the torch hub "

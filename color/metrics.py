@@ -174,22 +174,3 @@ class ColourQuality(Metric):
 def plain(quality):
     """`ColourQuality.compute()`'s dict with only JSON values (its tensors as nested lists)."""
     return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in quality.items()}
-
-
-@torch.no_grad()
-def colour_quality(model, grey, target, rgb, palette, temperature=DEFAULT_TEMPERATURE, batch_size=250, full=True):
-    """`plain(ColourQuality.compute())` of `model` ((N, 1, H, W) grey -> logits, in eval mode) over all the images."""
-    device = next(model.parameters()).device
-    quality = ColourQuality(palette, reference(rgb, target, palette), temperature).to(device)
-    for start in range(0, len(grey), batch_size):
-        end = start + batch_size
-        quality.update(model(grey[start:end].to(device)), target[start:end].to(device), rgb[start:end].to(device),
-                       full=full)
-    return plain(quality.compute())
-
-
-def rarest(quality, k=3):
-    """Indices of the k colours with the smallest (non-zero) target share, rarest first."""
-    shares = quality["target_share"]
-    present = [q for q in range(len(shares)) if shares[q] > 0]
-    return sorted(present, key=lambda q: shares[q])[:k]

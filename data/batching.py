@@ -1,7 +1,6 @@
 """DataLoaders over tensors in memory: one gather per batch, a training order from (seed, epoch) alone,
 and exact evaluation under DDP."""
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler, TensorDataset
@@ -56,13 +55,6 @@ class EpochShuffle(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
-def accelerator_device(datamodule):
-    """The CUDA device this process trains on, or None (no Trainer yet, or not a CUDA run)."""
-    trainer = getattr(datamodule, "trainer", None)
-    device = None if trainer is None else trainer.strategy.root_device
-    return device if device is not None and device.type == "cuda" else None
-
-
 def make_sampler(dataset, train, rank=0, world_size=1, seed=0):
     """Shuffled for training, in order for evaluation. Under DDP, training pads by repeating a few items (every
     rank runs the same steps) and evaluation sees each item once over all ranks: single-process metrics."""
@@ -87,25 +79,3 @@ def tensor_loader(datamodule, dataset, train, num_workers=0, pin_memory=False):
                       sampler=make_sampler(dataset, train, rank, world_size, datamodule.seed),
                       generator=torch.Generator().manual_seed(int(datamodule.seed) & 0xFFFFFFFF),
                       num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory)
-
-
-class TensorDataModule(pl.LightningDataModule):
-    """A DataModule over given `datasets` ({"train", "val", "test": TensorBatches}), e.g. a frozen trunk's
-    features and their masks; `info` says where they came from (for the run's summary)."""
-
-    def __init__(self, datasets, batch_size, seed=0, info=None):
-        super().__init__()
-        self.datasets, self.batch_size, self.seed, self.info = dict(datasets), batch_size, seed, info
-
-    @property
-    def val_set(self):
-        return self.datasets["val"]
-
-    def train_dataloader(self):
-        return tensor_loader(self, self.datasets["train"], True)
-
-    def val_dataloader(self):
-        return tensor_loader(self, self.datasets["val"], False)
-
-    def test_dataloader(self):
-        return tensor_loader(self, self.datasets["test"], False)

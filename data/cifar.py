@@ -15,7 +15,7 @@ from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import calculate_md5
 
 from color.palette import check_palette, load_palette, nearest_colour
-from data.batching import TensorBatches, accelerator_device, tensor_loader
+from data.batching import TensorBatches, tensor_loader
 from data.download import DownloadFailed, cache_folder, extract, fetch, move_aside, prepare_once, write_root
 from errors import DataError
 
@@ -142,6 +142,13 @@ def md5_mismatches(folder):
 
 
 # ----------------------------------------------------------------------------- the DataModule
+
+def accelerator_device(datamodule):
+    """The CUDA device this process trains on, or None (no Trainer yet, or not a CUDA run)."""
+    trainer = getattr(datamodule, "trainer", None)
+    device = None if trainer is None else trainer.strategy.root_device
+    return device if device is not None and device.type == "cuda" else None
+
 
 def horses(folder, names, palette):
     """(grey (N,1,32,32), target (N,32,32) nearest palette colours, rgb (N,3,32,32)) of the horses in `names`.

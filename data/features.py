@@ -1,7 +1,8 @@
 """The frozen trunk's features, computed once: in memory for one run, or in a persistent store on disk.
 
 DeepLabV3's trunk is frozen and in eval mode, so its output for an image never changes: `trunk_features`
-runs it once over every image (or reads the store) and only the new last layer runs in training.
+runs it once over every image (or reads the store) and only the new last layer runs in training, on the
+features and masks that `TensorDataModule` serves.
 
 The store: `ROOT/<key>/` holds one `<split>.npy` per split (no pickle; memory-mapped, so a run never holds
 the store in RAM) and `meta.json` (the identity, every array's shape, dtype and bytes). The key is a sha256
@@ -22,9 +23,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from tqdm.auto import tqdm
 
+from data.batching import tensor_loader
 from data.download import cache_base, exclusive
 from errors import UserError
 from files import is_writable
@@ -264,3 +267,25 @@ def trunk_features(features_fn, images: dict, normalise, identity: dict, feature
           f"{'/'.join(images)})", flush=True)
     info = {"location": str(store.entry(key)), "bytes": total, "reused": reused, "key": key, "splits": list(images)}
     return {name: torch.from_numpy(a) for name, a in arrays.items()}, info
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """What a run with the feature cache trains on: `datasets` ({"train", "val", "test": TensorBatches of the
+    trunk's features and their masks}); `info`: where the features came from (for the run's summary)."""
+
+    def __init__(self, datasets, batch_size, seed=0, info=None):
+        super().__init__()
+        self.datasets, self.batch_size, self.seed, self.info = dict(datasets), batch_size, seed, info
+
+    @property
+    def val_set(self):
+        return self.datasets["val"]
+
+    def train_dataloader(self):
+        return tensor_loader(self, self.datasets["train"], True)
+
+    def val_dataloader(self):
+        return tensor_loader(self, self.datasets["val"], False)
+
+    def test_dataloader(self):
+        return tensor_loader(self, self.datasets["test"], False)

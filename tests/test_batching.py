@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler, TensorDataset
 
-from data.batching import (EpochShuffle, TensorBatches, TensorDataModule, accelerator_device, epoch_seed, keep_batch,
-                           make_sampler, tensor_loader)
-from data.cifar import CIFARHorses
+from data.batching import EpochShuffle, TensorBatches, epoch_seed, keep_batch, make_sampler, tensor_loader
+from data.cifar import CIFARHorses, accelerator_device
+from data.features import TensorDataModule
 from errors import UsageError
 from tests.fixtures.cifar import write_cifar_folder
 

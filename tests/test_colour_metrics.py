@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from color.metrics import ColourQuality, colour_quality, colourfulness, per_colour, plain, rarest, reference
+from color.metrics import ColourQuality, colourfulness, per_colour, plain, reference
+from reporting.claims import rarest
 from reporting.colorization import per_colour_figure
 
 
@@ -340,18 +341,6 @@ def test_paper_metrics_average_over_the_full_updates_only():
                 "ciede2000_annealed", "mae_rgb_annealed", "colourfulness_pred_annealed"):
         assert a[key] == pytest.approx(b[key], rel=1e-12), key
     assert a["images"] == 6 and a["mae_rgb_argmax"] != pytest.approx(b["mae_rgb_argmax"])  # argmax: all 6
-
-
-def test_colour_quality_of_a_model_equals_the_metric_fed_its_logits():
-    logits, target, rgb = _random_batch()
-    grey = rgb.mean(dim=1, keepdim=True)
-    model = torch.nn.Conv2d(1, 3, 3, padding=1)
-    torch.nn.init.normal_(model.weight, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = quality_of(target, rgb)
-        expected.update(model(grey), target, rgb, full=True)
-    got = colour_quality(model.eval(), grey, target, rgb, PALETTE, batch_size=4)
-    _same(got, plain(expected.compute()))
 
 
 def test_reference_sums_the_truths_colourfulness():

@@ -1,4 +1,4 @@
-"""Class rebalancing (--rebalance): the weights (color/rebalance.py), the loss (losses/cross_entropy.py), and the
+"""Class rebalancing (--rebalance): the weights (color/rebalance.py), the loss (losses/rebalanced.py), and the
 checkpoint."""
 import json
 import math
@@ -15,8 +15,8 @@ from color.rebalance import (
     smoothing_sigma,
 )
 from data.cifar import CIFARHorses
-from losses import make_loss
-from losses.cross_entropy import RebalancedCrossEntropy
+from losses.cross_entropy import CrossEntropy
+from losses.rebalanced import RebalancedCrossEntropy
 from reporting.reuse import finished_runs
 from tests.clirun import error_lines, run_main, summary
 from tests.fixtures.cifar import write_cifar_folder
@@ -27,7 +27,7 @@ P = torch.tensor([0.55, 0.25, 0.12, 0.05, 0.03], dtype=torch.float64)
 
 def weighted_cross_entropy(logits, target, weights):
     """(plain CE, rebalanced CE) of the loss the colourisation module uses, with `weights` set."""
-    loss = make_loss("rebalanced_ce", num_classes=len(weights))
+    loss = RebalancedCrossEntropy(len(weights))
     loss.set_weights(weights, torch.full((len(weights),), 1.0 / len(weights)))
     return loss.terms(logits, target)
 
@@ -203,7 +203,7 @@ def test_checkpoints_from_before_rebalancing_load_as_the_plain_cross_entropy(tmp
     torch.save(ckpt, path)
     module = colorization.ColorizationModule.load_from_checkpoint(path, map_location="cpu")
     assert module.hparams.rebalance is None and not module.rebalanced
-    assert type(module.criterion) is type(make_loss("ce"))
+    assert type(module.criterion) is CrossEntropy
 
 
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])

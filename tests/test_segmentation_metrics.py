@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassJaccardIndex
 
 import segmentation
-from data.batching import TensorDataModule
+from data.features import TensorDataModule
 from data.oxford17 import Oxford17
 from tests import segeval
 from tests.clirun import run_main, summary
