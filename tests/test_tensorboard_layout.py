@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -20,7 +19,6 @@ from tests.clirun import run_main
 from tests.fixtures.cifar import write_cifar_folder
 from tests.fixtures.oxford17 import write_oxford17
 from tests.tb import read_hparams, read_scalars
-from training.callbacks import enlarge
 
 
 def read_layout(log_dir):
@@ -122,10 +120,3 @@ def test_sample_grid_is_logged_four_times_larger_with_sharp_pixels(colour_run):
     blocks = pixels.reshape(104, 4, 274, 4, 3)
     assert (blocks == blocks[:, :1, :, :1, :]).all()  # every 4 x 4 block is one colour: nearest neighbour
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # and the picture is not blank
-
-
-def test_enlarge_repeats_each_pixel_into_a_block():
-    image = torch.tensor([[[0.0, 1.0], [0.5, 0.25]]])
-    assert enlarge(image, 2).tolist() == [[[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0],
-                                           [0.5, 0.5, 0.25, 0.25], [0.5, 0.5, 0.25, 0.25]]]
-    assert enlarge(image, 1) is image
