@@ -38,7 +38,7 @@ REBALANCE = 0.5  # Zhang et al.'s lambda
 # --jobs default, measured on this project's 2-core AMD EPYC machine (shared: load average 6-7 from other
 # processes), two UNet runs of 3 epochs on ../shared/data/cifar10-horses, compiled as by default: one 2-thread
 # process training them in turn took 597 s and 583 s, two 1-thread processes 309 s and 250 s (1.9-2.3x the
-# throughput; issue 17 measured 1.1-1.25x on the idle machine). On the later Intel Xeon (2 cores, idle), the
+# throughput; 1.1-1.25x when that machine was idle). On the later Intel Xeon (2 cores, idle), the
 # same comparison (whole processes, start-up included): 39.3 s / 38.1 s against 27.4 s / 26.7 s, 1.43-1.44x.
 # So: one single-threaded worker per core.
 THREADS_PER_JOB = 1

@@ -2,7 +2,7 @@
 (ECCV 2016), eq. 3-4, on the palette colours instead of the paper's 313 ab bins.
 
 Cross-entropy over an imbalanced colour distribution favours the common, desaturated colours. The
-rebalanced loss (losses/cross_entropy.py) weights every pixel by the weight of its *target* colour q:
+rebalanced loss (losses/rebalanced.py) weights every pixel by the weight of its *target* colour q:
 
     w  proportional to  ((1 - lambda) * p~ + lambda / Q) ** -1,   normalised so that  sum_q p~_q w_q = 1
 

@@ -108,8 +108,8 @@ def test_summary_and_tensorboard_hold_the_colour_quality_of_the_final_model(one_
 
 
 def test_colour_quality_from_the_validation_pass_equals_a_second_pass(one_epoch_run, cifar_dir):
-    """Issue 17 item 1: what validation_step accumulates is what a separate pass of the same weights over all
-    validation images measures (the end-of-fit computation before), and the main numbers agree with an
+    """What validation_step accumulates is what a separate pass of the same weights over all validation
+    images measures (the end-of-fit computation before), and the main numbers agree with an
     independent numpy recomputation."""
     from color.metrics import ColourQuality, plain, reference
     from data.cifar import CIFARHorses
@@ -148,7 +148,7 @@ def test_colour_quality_from_the_validation_pass_equals_a_second_pass(one_epoch_
 
 
 def test_validation_runs_the_network_once_per_image(cifar_dir):
-    """Issue 17 item 1: colour quality costs no second forward pass. A forward hook on the net counts the
+    """Colour quality costs no second forward pass. A forward hook on the net counts the
     images it sees in one validation epoch (the last one: the full colour quality is computed)."""
     import pytorch_lightning as pl
 
@@ -202,7 +202,7 @@ def _epochs_run(cifar_dir, tmp_path, capsys, monkeypatch, *flags):
 
 def test_epochs_count_from_1_in_summary_checkpoint_names_history_and_figure(cifar_dir, tmp_path, capsys,
                                                                            monkeypatch):
-    """Issue 18 acceptance: a 2-epoch run's best epoch, best checkpoint name and curves agree, from 1."""
+    """A 2-epoch run's best epoch, best checkpoint name and curves agree, from 1."""
     summary, checkpoints, lines = _epochs_run(cifar_dir, tmp_path, capsys, monkeypatch)
     assert [h["epoch"] for h in summary["history"]] == [1, 2]
     [best] = checkpoints.glob("best-*.ckpt")
@@ -217,7 +217,7 @@ def test_epochs_count_from_1_in_summary_checkpoint_names_history_and_figure(cifa
 
 def test_rebalanced_run_picks_best_checkpoint_and_best_epoch_by_the_same_loss(cifar_dir, tmp_path, capsys,
                                                                               monkeypatch):
-    """Issue 18 section 4: with --rebalance, the best checkpoint and the summary's best epoch both follow the
+    """With --rebalance, the best checkpoint and the summary's best epoch both follow the
     monitored loss (val/loss_weighted). The weighted validation loss of epoch 2 is inflated here, so
     that it disagrees with the plain one: the plain loss falls in epoch 2, the weighted one rises."""
     from losses.rebalanced import RebalancedCrossEntropy
@@ -271,7 +271,7 @@ def test_help_explains_every_flag():
 
 def test_missing_data_and_failed_download_gives_one_clear_line(tmp_path, capsys):
     """In process, with every download stubbed to fail (as offline), so it holds with a network too. The
-    mistyped folder is not created (issue 18 section 5) and the message points at --data-dir."""
+    mistyped folder is not created and the message points at --data-dir."""
     asked = no_network()
     code, _, err = run_main(colorization.main, ["UNet", "--data-dir", tmp_path / "nothing-here", "--results-dir",
                                                 tmp_path / "r", "--logs-dir", tmp_path / "l", "--no-compile"], capsys)

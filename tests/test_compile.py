@@ -1,4 +1,4 @@
-"""Compiled training (issue 17 item 2) on the CPU, tiny data: a compiled and an eager 3-epoch run agree, a
+"""Compiled training on the CPU, tiny data: a compiled and an eager 3-epoch run agree, a
 compiled run's checkpoint is an eager net's, and where compiling is refused the run trains eagerly after
 one warning. torch.compile costs 10-30 s of warm-up per process: one compiled run, shared by the tests."""
 import json
@@ -64,7 +64,7 @@ def runs(cifar_dir, tmp_path_factory):
 
 @needs_compiler
 def test_compiled_and_eager_runs_reach_the_same_validation_losses(runs):
-    """Validation losses within 1 % (issue 17), training losses within 0.1 %. Measured on this data (2-core
+    """Validation losses within 1 %, training losses within 0.1 %. Measured on this data (2-core
     CPU, torch 2.14): training losses agree to 1e-6, validation losses to 5e-4 after 3 epochs. The
     validation losses drift apart faster because each conv's bias, followed by BatchNorm, has a zero
     gradient up to rounding, which AdamW turns into full-size steps: the biases, and the BatchNorm running

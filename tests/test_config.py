@@ -1,6 +1,6 @@
-"""Each task's config (issue 16): config.json in every run folder, `--config FILE` (flags win),
+"""Each task's config: config.json in every run folder, `--config FILE` (flags win),
 `--print-config`, one-line refusals of bad config files and flags, and every default shown once in
---help (issue 18 section 5)."""
+--help."""
 import dataclasses
 import json
 import re

@@ -173,7 +173,7 @@ def test_precision_is_part_of_the_key():
 
 
 def test_another_feature_function_under_another_identity_gets_its_own_features(tmp_path):
-    """Issue 11: a cache must never answer 'already computed' for another trunk."""
+    """A cache must never answer 'already computed' for another trunk."""
     store = FeatureStore(tmp_path / "store")
     features_of(Counting(1.0), store, trunk={**TRUNK, "weights": "A"})
     fn = Counting(3.0)

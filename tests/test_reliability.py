@@ -1,4 +1,4 @@
-"""Every bad input of issue 7 through the CLIs: a non-zero exit, one `error:` line, no traceback, and
+"""Every bad input through the CLIs: a non-zero exit, one `error:` line, no traceback, and
 earlier runs' files untouched. Also: a NaN loss stops the run and keeps the last good checkpoint,
 run folders of simultaneous runs differ, and result files are written atomically.
 
@@ -314,7 +314,7 @@ def test_every_result_writer_goes_through_files_py():
 
 
 def test_results_files_honour_the_umask(world):
-    """Issue 18 section 5: what a run writes gets the permissions of a plain open(), not mkstemp's 0600."""
+    """What a run writes gets the permissions of a plain open(), not mkstemp's 0600."""
     mask = os.umask(0)
     os.umask(mask)
     run = sorted((world / "results" / "colorization").glob("*/summary.json"))[0].parent

@@ -115,7 +115,7 @@ def _one_line_error(code, err, expected_code, *parts):
 @pytest.mark.parametrize("task", ["colorization", "segmentation"])
 def test_resume_path_that_does_not_exist_is_refused_before_any_data_is_read(tmp_path, capsys, task):
     """The data folder does not exist either: had the data been looked for first, the error would be the
-    download's (issue 18 section 5)."""
+    download's."""
     from tests.fixtures.network import no_network
 
     main, flags = (colorization.main, COLOR) if task == "colorization" else (segmentation.main, SEG)
@@ -265,7 +265,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
 
 def test_resume_on_other_data_is_refused_with_one_line_naming_the_checksums(tmp_path, capsys):
     """The data checksum is a setting: a run cannot be continued on images it was not trained on. Both
-    refusals (a path, and `last`) name the stored and the given checksum (issue 18 section 5)."""
+    refusals (a path, and `last`) name the stored and the given checksum."""
     from data.cifar import CIFARHorses
 
     write_cifar_folder(tmp_path / "a", seed=0), write_cifar_folder(tmp_path / "b", seed=1)

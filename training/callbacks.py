@@ -143,8 +143,8 @@ class CustomScalars(Callback):
 
 
 # Fastest by device type. CPU: torch.compile trains an epoch 1.3-1.5x faster than eager
-# (benchmarks/results/cpu-colorization.txt), and channels-last made a compiled step slower (issue 17's
-# table, this 2-core CPU: UNet 76 vs 70 ms, PoolUpsampleNet 92 vs 87 ms). CUDA: channels-last is the layout
+# (benchmarks/results/cpu-colorization.txt), and channels-last made a compiled step slower (measured on
+# the 2-core AMD EPYC CPU: UNet 76 vs 70 ms, PoolUpsampleNet 92 vs 87 ms). CUDA: channels-last is the layout
 # tensor cores want; neither choice was measured on a GPU here (none was lent).
 FASTEST = {"cpu": {"compile": True, "channels_last": False}, "cuda": {"compile": True, "channels_last": True}}
 
