@@ -124,11 +124,11 @@ def test_colour_quality_from_the_validation_pass_equals_a_second_pass(one_epoch_
     dm = CIFARHorses(data_dir=cifar_dir)
     dm.setup()
     grey, target, rgb = dm.val_set.tensors
-    second = ColourQuality(dm.palette, reference(rgb, target, dm.palette))
+    net, second = module.eval().model, ColourQuality(dm.palette, reference(rgb, target, dm.palette))
     with torch.no_grad():
         for start in range(0, len(grey), 250):  # in batches other than the run's 100
             part = slice(start, start + 250)
-            second.update(module.eval().model(grey[part]), target[part], rgb[part], full=True)
+            second.update(net(grey[part]), target[part], rgb[part], full=True)
     second = plain(second.compute())
     accumulated = summary["colour_quality"]
     assert accumulated.keys() == second.keys()
