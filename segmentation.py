@@ -26,7 +26,7 @@ from errors import UsageError, UserError
 from losses.registry import LOSSES, make_loss
 from models.deeplabv3 import BACKBONES, WEIGHTS, build_deeplabv3
 from reporting import segmentation as results
-from training.callbacks import CustomScalars, Speed
+from training.callbacks import CustomScalars
 from training.config import RunConfig, entry_point, option, parse, positive_float, positive_int, settings
 from training.runs import check_resume_path, run_settings
 from training.trainer import Prepared, run_task
@@ -68,8 +68,9 @@ class SegmentationConfig(RunConfig):
     feature_store: str | None = option(None, "folder of the persistent store of trunk features, reused by every "
                                        "later run with the same trunk and images", metavar="DIR", group="speed",
                                        setting=False, shown="$XDG_CACHE_HOME/image2image/features")
-    channels_last: bool | None = option(None, "channels-last memory format", group="speed", setting=False,
-                                        shown="on for CUDA, off otherwise")
+    channels_last: bool = option(True, "keep the frozen trunk channels-last (faster on CPU: "
+                                 "benchmarks/trunk_layout.py); NCHW with --no-channels-last", group="speed",
+                                 setting=False)
 
 
 # ----------------------------------------------------------------------------- model
@@ -105,11 +106,12 @@ class SegmentationModule(pl.LightningModule):
     (the frozen trunk's output, data/features.py: only the new layer runs). Checkpoints hold the new layer and
     the trunk's identity; loading rebuilds the trunk and refuses, in one line, one whose identity differs."""
 
-    def __init__(self, loss="ce", backbone="resnet101", weights="coco", lr=1e-3, image_size=224, inputs="images"):
+    def __init__(self, loss="ce", backbone="resnet101", weights="coco", lr=1e-3, image_size=224, inputs="images",
+                 channels_last=True):
         super().__init__()
-        self.save_hyperparameters(ignore=["inputs"])  # how batches arrive changes no number
+        self.save_hyperparameters(ignore=["inputs", "channels_last"])  # neither changes a number
         self.inputs = inputs
-        self.model = build_deeplabv3(backbone, weights=weights, num_classes=2)
+        self.model = build_deeplabv3(backbone, weights=weights, num_classes=2, channels_last=channels_last)
         self.criterion = make_loss(loss, ignore_index=IGNORE_INDEX)
         self.iou = torch.nn.ModuleDict({s: ConfusionIoU() for s in ("val", "test")})
         # exact epoch means over what each loss averages: valid pixels (CE) or images (soft IoU)
@@ -197,7 +199,8 @@ def prepare(config):
     data.setup("fit")
     cached = config.feature_cache and not config.augment  # flipped images have other features
     module = SegmentationModule(loss=config.loss, backbone=config.backbone, weights=config.weights, lr=config.lr,
-                                image_size=config.image_size, inputs="features" if cached else "images")
+                                image_size=config.image_size, inputs="features" if cached else "images",
+                                channels_last=config.channels_last)
     datamodule = data
     if cached:
         images = {s: data.images(s) for s in SPLIT_NAMES}
@@ -221,8 +224,7 @@ def train(config, prepared=None):
     """Fine-tune as `config` says, evaluate the best checkpoint on the test split; returns the summary."""
     prepared = prepared or prepare(config)
     module, data, served = prepared.module, prepared.data, prepared.datamodule
-    callbacks = [results.validation_grid(data, served), CustomScalars(results.LAYOUT),
-                 Speed(compile=False, channels_last=config.channels_last)]
+    callbacks = [results.validation_grid(data, served), CustomScalars(results.LAYOUT)]
     return run_task(config, prepared, task=TASK, prefix=f"{config.loss}-{config.backbone}", monitor="val/miou",
                     mode="max", callbacks=callbacks, test=True, headline=results.headline, metrics=results.metrics,
                     results=lambda run, history, test: results.write_results(module, data, served, config, run,

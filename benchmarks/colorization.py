@@ -11,7 +11,7 @@ load from other processes on a shared machine hits both alike.
 
 - project: `trainer.fit` of colorization.py's module and DataModule on the Trainer `colorization.train`
   builds, with its callbacks and its defaults: torch.compile and channels-last where they are faster
-  (training/callbacks.py FASTEST), colour quality from the validation pass, progress bar, TensorBoard,
+  (training/speed.py FASTEST), colour quality from the validation pass, progress bar, TensorBoard,
   best + last checkpoints every epoch, the validation image grid.
 - plain: a `for` loop over shuffled index slices of the same tensors, eager, NCHW, torch's default
   threads: forward, cross-entropy, backward, optimiser step, pixel accuracy and loss summed; then a
@@ -41,7 +41,7 @@ from pytorch_lightning import Callback  # noqa: E402
 import colorization  # noqa: E402
 from data.cifar import CIFARHorses  # noqa: E402
 from models.registry import MODELS, build_model  # noqa: E402
-from training.callbacks import Speed  # noqa: E402
+from training.speed import Speed  # noqa: E402
 from training.config import settings  # noqa: E402
 from training.runs import create_run, run_settings  # noqa: E402
 from training.trainer import Prepared, build_trainer  # noqa: E402

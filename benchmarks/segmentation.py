@@ -104,8 +104,8 @@ def parse_args(argv=None):
                    help="Oxford17 folder (default: ../shared/data/oxford17 when present; --quick: the fixture)")
     p.add_argument("--accelerator", default="cpu", help="cpu or gpu")
     p.add_argument("--precision", default="32-true", help="32-true, 16-mixed, bf16-mixed")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last model (default: as the CLI, on for CUDA only)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last frozen trunk, as segmentation.py's default")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--work-dir", default=None,
                    help="where runs, the store and the fixture go (default: a temporary folder)")

@@ -9,7 +9,6 @@ Figures are medians of --repeats calls after one uncounted call each. The last l
 object with every figure, the largest feature difference among them.
 """
 import argparse
-import copy
 
 from common import begin, elapsed, machine, median, now, print_json, print_table
 
@@ -33,10 +32,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = begin(args)
-    fast = build_deeplabv3(args.backbone, weights="none").eval().to(device)  # channels-last, as trained
-    plain = copy.deepcopy(fast)
-    for module in plain._frozen_modules():
-        module.to(memory_format=torch.contiguous_format)
+    # the same random trunk twice (built from one seed), as segmentation.py's --channels-last and --no-channels-last
+    fast = build_deeplabv3(args.backbone, weights="none").eval().to(device)
+    plain = build_deeplabv3(args.backbone, weights="none", channels_last=False).eval().to(device)
     x = torch.randn(args.batch_size, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)).to(device)
     times = {"nchw": [], "channels_last": []}
     with torch.no_grad():

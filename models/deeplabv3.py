@@ -52,17 +52,19 @@ class FineTunedDeepLabV3(nn.Module):
     """A torchvision DeepLabV3 (`model`, no aux_classifier) whose only trainable part is `classifier[4]`;
     `mean` / `std`: the input normalisation the weights expect; `weights_file`: the file read, or None."""
 
-    def __init__(self, model: nn.Module, backbone_name: str, weights: str, weights_file=None):
+    def __init__(self, model: nn.Module, backbone_name: str, weights: str, weights_file=None, channels_last=True):
         super().__init__()
         self.model, self.backbone_name, self.weights, self.weights_file = model, backbone_name, weights, weights_file
         transform = BACKBONES[backbone_name][1].transforms()  # torchvision's constants; nothing is downloaded
         self.mean, self.std = tuple(float(m) for m in transform.mean), tuple(float(s) for s in transform.std)
         self.output_stride = OUTPUT_STRIDE[backbone_name]
         self._identity = None
-        # The frozen convolutions run 1.26x faster channels-last on a 2-core CPU (benchmarks/trunk_layout.py);
-        # the same features to float32 rounding. The trainable layer and the state-dict keys are unchanged.
-        for module in self._frozen_modules():
-            module.to(memory_format=torch.channels_last)
+        # The frozen convolutions run faster channels-last: 1.26x and 1.47x on two 2-core CPUs
+        # (benchmarks/trunk_layout.py; benchmarks/results/cpu-trunk-layout-xeon-2026-12-04.txt), with the same
+        # features to float32 rounding. The trainable layer and the state-dict keys are unchanged.
+        if channels_last:
+            for module in self._frozen_modules():
+                module.to(memory_format=torch.channels_last)
 
     @property
     def last_layer(self) -> nn.Conv2d:
@@ -140,9 +142,11 @@ def _coco_state_dict(backbone):
                         f"delete it and download it again from {coco.url}") from err
 
 
-def build_deeplabv3(backbone: str = "resnet101", weights: str = "coco", num_classes: int = 2) -> FineTunedDeepLabV3:
+def build_deeplabv3(backbone: str = "resnet101", weights: str = "coco", num_classes: int = 2,
+                    channels_last: bool = True) -> FineTunedDeepLabV3:
     """The frozen DeepLabV3 with a new trainable `classifier[4]` (initialised from the global RNG). weights:
-    "coco" (downloaded to the torch hub cache) or "none" (random, RANDOM_TRUNK_SEED, with a warning)."""
+    "coco" (downloaded to the torch hub cache) or "none" (random, RANDOM_TRUNK_SEED, with a warning);
+    channels_last: the frozen trunk's memory format (else NCHW)."""
     if backbone not in BACKBONES:
         raise UsageError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
     if weights not in WEIGHTS:
@@ -164,4 +168,5 @@ def build_deeplabv3(backbone: str = "resnet101", weights: str = "coco", num_clas
     model.aux_classifier = None
     model.requires_grad_(False)
     model.classifier[4] = nn.Conv2d(model.classifier[4].in_channels, num_classes, kernel_size=1)  # new, trainable
-    return FineTunedDeepLabV3(model, backbone, weights, weights_path(backbone) if state is not None else None).train()
+    file = weights_path(backbone) if state is not None else None
+    return FineTunedDeepLabV3(model, backbone, weights, file, channels_last).train()

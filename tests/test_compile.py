@@ -12,7 +12,7 @@ import colorization
 from tests import coloreval
 from tests.clirun import run_main
 from tests.fixtures.cifar import write_cifar_folder
-from training.callbacks import compile_problem
+from training.speed import compile_problem
 
 FLAGS = ["UNet", "--num-filters", 8, "--batch-size", 16, "--epochs", 3, "--accelerator", "cpu", "--seed", 4,
          "--no-progress-bar"]

@@ -167,8 +167,7 @@ SHOWN = {
     "segmentation": {"loss": "none, give one", "backbone": "resnet101", "weights": "coco", "split": "1",
                      "image_size": "224", "unlabelled": "ignore", "augment": "off", "epochs": "10",
                      "batch_size": "16", "lr": "0.001", "data_dir": "datasets/oxford17", "feature_cache": "on",
-                     "feature_store": "$XDG_CACHE_HOME/image2image/features",
-                     "channels_last": "on for CUDA, off otherwise"},
+                     "feature_store": "$XDG_CACHE_HOME/image2image/features", "channels_last": "on"},
 }
 SHARED = {"seed": "0", "deterministic": "off", "resume": "off", "num_workers": "0", "results_dir": "results",
           "logs_dir": "logs", "run_name": "<model>-<date>-<time>", "debug": "off", "progress_bar": "on",

@@ -180,14 +180,15 @@ def test_feature_shape_is_that_of_the_features(resnet50, mobilenet, size):
 
 
 def test_channels_last_trunk_gives_the_nchw_features(resnet50):
-    """The trunk is kept channels-last for speed; its features are those of the same weights in NCHW."""
+    """The trunk is kept channels-last for speed (segmentation.py's --channels-last, the default); with
+    channels_last=False (--no-channels-last) it is NCHW and gives the same features."""
     conv = resnet50.model.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     assert resnet50.last_layer.weight.is_contiguous()  # the trained layer and its checkpoint keep NCHW
-    nchw = copy.deepcopy(resnet50)
-    for module in nchw._frozen_modules():
-        module.to(memory_format=torch.contiguous_format)
-    assert nchw.model.backbone.conv1.weight.is_contiguous()
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        nchw = build_deeplabv3("resnet50", weights="none", channels_last=False).eval()
+    assert all(p.is_contiguous() for p in nchw.parameters())
+    assert nchw.state_dict().keys() == resnet50.state_dict().keys()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         fast, plain = resnet50.features(x), nchw.features(x)

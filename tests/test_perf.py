@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from training.callbacks import ProgressBar, Speed
+from training.callbacks import ProgressBar
+from training.speed import Speed
 
 
 def test_progress_bar_redraws_by_the_clock_and_on_the_last_batch():
@@ -119,8 +120,12 @@ def test_segmentation_samples_from_the_features_match_the_full_network(tmp_path)
                 data_dir=str(root), feature_store=str(tmp_path / "store"), accelerator="cpu")
     rows = {}
     for cached in (True, False):
-        prepared = segmentation.prepare(segmentation.SegmentationConfig(**base, feature_cache=cached))
+        # the trunk's layout (--channels-last, default on) must not change what the grid shows
+        prepared = segmentation.prepare(segmentation.SegmentationConfig(**base, feature_cache=cached,
+                                                                        channels_last=cached))
         assert prepared.module.inputs == ("features" if cached else "images")
+        trunk = prepared.module.model.model.backbone
+        assert next(trunk.parameters()).is_contiguous(memory_format=torch.channels_last) is cached
         assert (prepared.datamodule is prepared.data) is not cached
         with torch.no_grad():  # a head that is not near zero, so that predictions mean something
             torch.manual_seed(5)
