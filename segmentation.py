@@ -68,9 +68,10 @@ class SegmentationConfig(RunConfig):
     feature_store: str | None = option(None, "folder of the persistent store of trunk features, reused by every "
                                        "later run with the same trunk and images", metavar="DIR", group="speed",
                                        setting=False, shown="$XDG_CACHE_HOME/image2image/features")
-    channels_last: bool = option(True, "keep the frozen trunk channels-last (faster on CPU: "
-                                 "benchmarks/trunk_layout.py); NCHW with --no-channels-last", group="speed",
-                                 setting=False)
+    # None: what config.json files written before this flag set the trunk's layout hold (it was channels-last then)
+    channels_last: bool | None = option(True, "keep the frozen trunk channels-last (faster on CPU: "
+                                        "benchmarks/trunk_layout.py); NCHW with --no-channels-last", group="speed",
+                                        setting=False)
 
 
 # ----------------------------------------------------------------------------- model
@@ -200,7 +201,7 @@ def prepare(config):
     cached = config.feature_cache and not config.augment  # flipped images have other features
     module = SegmentationModule(loss=config.loss, backbone=config.backbone, weights=config.weights, lr=config.lr,
                                 image_size=config.image_size, inputs="features" if cached else "images",
-                                channels_last=config.channels_last)
+                                channels_last=config.channels_last is not False)
     datamodule = data
     if cached:
         images = {s: data.images(s) for s in SPLIT_NAMES}

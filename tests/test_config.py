@@ -73,6 +73,16 @@ def test_config_file_then_flags(tmp_path):
                                 "epochs": 25, "batch_size": 100, "lr": 0.01}
 
 
+def test_segmentation_config_files_from_before_the_trunk_layout_flag_still_load(tmp_path):
+    """Run folders written before --channels-last set the trunk's layout hold "channels_last": null; their
+    config.json (and the resume command printed after an interruption) must still be accepted."""
+    path = tmp_path / "config.json"
+    old = {**dataclasses.asdict(segmentation.SegmentationConfig(loss="ce")), "channels_last": None}
+    path.write_text(json.dumps(old))
+    assert segmentation.parse_config(["--config", str(path)]).channels_last is None
+    assert segmentation.parse_config(["--config", str(path), "--no-channels-last"]).channels_last is False
+
+
 @pytest.mark.parametrize("task, file, flags, expected", [
     ("colorization", {"model": "UNet", "kernel": 5, "lr": 0.01}, ["--kernel", "7", "--no-compile"],
      {"model": "UNet", "kernel": 7, "lr": 0.01, "compile": False, "epochs": 25, "batch_size": 100}),
