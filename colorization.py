@@ -27,10 +27,10 @@ from losses.rebalanced import RebalancedCrossEntropy
 from models.registry import MODELS, build_model
 from reporting import colorization as results
 from training.callbacks import CustomScalars
-from training.speed import Speed
 from training.config import (RunConfig, entry_point, option, parse, positive_float, positive_int, settings,
                              unit_float)
 from training.runs import check_resume_path, run_settings
+from training.speed import Speed
 from training.trainer import Prepared, run_task
 
 TASK = "colorization"

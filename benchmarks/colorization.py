@@ -41,9 +41,9 @@ from pytorch_lightning import Callback  # noqa: E402
 import colorization  # noqa: E402
 from data.cifar import CIFARHorses  # noqa: E402
 from models.registry import MODELS, build_model  # noqa: E402
-from training.speed import Speed  # noqa: E402
 from training.config import settings  # noqa: E402
 from training.runs import create_run, run_settings  # noqa: E402
+from training.speed import Speed  # noqa: E402
 from training.trainer import Prepared, build_trainer  # noqa: E402
 
 TARGETS = {"cpu": 0.75, "cuda": 1.0}

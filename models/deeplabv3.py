@@ -59,9 +59,9 @@ class FineTunedDeepLabV3(nn.Module):
         self.mean, self.std = tuple(float(m) for m in transform.mean), tuple(float(s) for s in transform.std)
         self.output_stride = OUTPUT_STRIDE[backbone_name]
         self._identity = None
-        # The frozen convolutions run faster channels-last: 1.26x and 1.47x on two 2-core CPUs
-        # (benchmarks/trunk_layout.py; benchmarks/results/cpu-trunk-layout-xeon-2026-12-04.txt), with the same
-        # features to float32 rounding. The trainable layer and the state-dict keys are unchanged.
+        # Channels-last, the frozen convolutions run 1.26x (2026-12-03) and 1.47x (Intel Xeon, 2026-12-04:
+        # benchmarks/results/cpu-trunk-layout-xeon-2026-12-04.txt) as fast on the 2-core CPUs here, with the
+        # same features to float32 rounding; the trainable layer and the state-dict keys are unchanged.
         if channels_last:
             for module in self._frozen_modules():
                 module.to(memory_format=torch.channels_last)
